@@ -1,0 +1,303 @@
+package codec
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/cmdkms/kms/src/kek"
+)
+
+func mustKey(t testing.TB, secret []byte) *Key {
+	t.Helper()
+	r, err := kek.Parse(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := NewKey(r.Keys[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func unhex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func randBytes(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// legacyEncrypt is an independent, minimal version of the 2018 daemon's
+// encryption, written against crypto/aes and crypto/cipher only.
+func legacyEncrypt(key, iv, plain []byte) []byte {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err)
+	}
+	n := 16 - len(plain)%16
+	padded := append(bytes.Clone(plain), bytes.Repeat([]byte{byte(n)}, n)...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(padded, padded)
+	return append(append([]byte(":ck:aescbc:v1:"), iv...), padded...)
+}
+
+// Vectors made with `openssl enc -aes-{128,256}-cbc -K .. -iv ..`, a third
+// implementation, so neither Go side can drift unnoticed.
+var legacyVectors = []struct{ key, iv, plain, body string }{
+	{"404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f", "000102030405060708090a0b0c0d0e0f",
+		"a 32-byte data encryption key!!!",
+		"f7a4c89ebef8c0c98baf8b3e731608b060b06e5ccd3e01db3e7f83eb635642f187662b5342a2491ced366cd05a9fcd8f"},
+	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "hello 2018", "8de8683a2e12cfe4c2156e8b5b648197"},
+	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "", "11557791b7c8fa046346c0601c057d8d"},
+}
+
+func TestLegacyVectors(t *testing.T) {
+	other := mustKey(t, randBytes(32))
+	for i, v := range legacyVectors {
+		ct := append(append([]byte(":ck:aescbc:v1:"), unhex(v.iv)...), unhex(v.body)...)
+		if got := legacyEncrypt(unhex(v.key), unhex(v.iv), []byte(v.plain)); !bytes.Equal(got, ct) {
+			t.Fatalf("vector %d: independent encoder disagrees with openssl", i)
+		}
+		k := mustKey(t, unhex(v.key))
+		// The legacy key need not be primary: after a rotation it is not.
+		p, used, err := NewSet([]*Key{other, k}).Decrypt(ct)
+		if err != nil || string(p) != v.plain || used != k {
+			t.Fatalf("vector %d: got %q, %v", i, p, err)
+		}
+	}
+}
+
+func TestLegacyRandom(t *testing.T) {
+	for _, size := range []int{16, 24, 32} {
+		secret := randBytes(size)
+		// Legacy key first: with arbitrary lengths a wrong key earlier in
+		// the ring may win a tie at one byte of padding (see decryptLegacy);
+		// TestLegacyDEKBehindOtherKeys covers the realistic case.
+		set := NewSet([]*Key{mustKey(t, secret), mustKey(t, randBytes(32))})
+		for n := 0; n < 50; n++ {
+			plain := randBytes(n)
+			p, _, err := set.Decrypt(legacyEncrypt(secret, randBytes(16), plain))
+			if err != nil || !bytes.Equal(p, plain) {
+				t.Fatalf("size %d len %d: %v", size, n, err)
+			}
+		}
+	}
+}
+
+// kube-apiserver's DEKs are 32 bytes; behind many other keys they must
+// still map to the right key every time.
+func TestLegacyDEKBehindOtherKeys(t *testing.T) {
+	var keys []*Key
+	for range 20 {
+		keys = append(keys, mustKey(t, randBytes(32)))
+	}
+	secret := randBytes(32)
+	legacy := mustKey(t, secret)
+	set := NewSet(append(keys, legacy))
+	for range 500 {
+		dek := randBytes(32)
+		p, k, err := set.Decrypt(legacyEncrypt(secret, randBytes(16), dek))
+		if err != nil || k != legacy || !bytes.Equal(p, dek) {
+			t.Fatalf("wrong key or error: %v", err)
+		}
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, mode := range []Mode{AESGCM, AESCBC} {
+		for _, size := range []int{16, 24, 32} {
+			set := NewSet([]*Key{mustKey(t, randBytes(size))})
+			for n := 0; n <= 70; n++ {
+				plain := randBytes(n)
+				ct, err := set.Encrypt(mode, plain)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !bytes.HasPrefix(ct, []byte(":ck:v2:"+mode.String()+":")) {
+					t.Fatalf("%v: header %q", mode, ct[:tagLen])
+				}
+				p, k, err := set.Decrypt(ct)
+				if err != nil || !bytes.Equal(p, plain) || k != set.Primary() {
+					t.Fatalf("%v size %d len %d: %v", mode, size, n, err)
+				}
+			}
+		}
+	}
+}
+
+func TestRandomized(t *testing.T) {
+	set := NewSet([]*Key{mustKey(t, randBytes(32))})
+	for _, mode := range []Mode{AESGCM, AESCBC} {
+		a, _ := set.Encrypt(mode, []byte("same"))
+		b, _ := set.Encrypt(mode, []byte("same"))
+		if bytes.Equal(a, b) {
+			t.Fatalf("%v: equal plaintexts gave equal ciphertexts", mode)
+		}
+	}
+}
+
+func TestSeedCiphertextFitsKMSv2Limit(t *testing.T) {
+	set := NewSet([]*Key{mustKey(t, randBytes(32))})
+	for _, mode := range []Mode{AESGCM, AESCBC} {
+		ct, _ := set.Encrypt(mode, randBytes(32))
+		if len(ct) > 1024 {
+			t.Fatalf("%v: %d bytes", mode, len(ct))
+		}
+	}
+}
+
+func TestHeaderPicksKeyAndCodec(t *testing.T) {
+	a, b := mustKey(t, randBytes(32)), mustKey(t, randBytes(16))
+	old := NewSet([]*Key{a})
+	ctGCM, _ := old.Encrypt(AESGCM, []byte("gcm"))
+	ctCBC, _ := old.Encrypt(AESCBC, []byte("cbc"))
+	rotated := NewSet([]*Key{b, a})
+	for _, ct := range [][]byte{ctGCM, ctCBC} {
+		p, k, err := rotated.Decrypt(ct)
+		if err != nil || k != a || (string(p) != "gcm" && string(p) != "cbc") {
+			t.Fatalf("got %q %v", p, err)
+		}
+	}
+	newCT, _ := rotated.Encrypt(AESGCM, []byte("x"))
+	if !bytes.Equal(newCT[tagLen:headerLen], b.ID[:]) {
+		t.Fatal("new ciphertext does not name the new primary")
+	}
+	_, _, err := old.Decrypt(newCT)
+	if !errors.Is(err, ErrUnknownKey) || !strings.Contains(err.Error(), b.KeyID) {
+		t.Fatalf("unknown key: %v", err)
+	}
+}
+
+func TestTamperingIsOneGenericError(t *testing.T) {
+	set := NewSet([]*Key{mustKey(t, randBytes(32))})
+	for _, mode := range []Mode{AESGCM, AESCBC} {
+		ct, _ := set.Encrypt(mode, randBytes(32))
+		for i := headerLen; i < len(ct); i++ {
+			bad := bytes.Clone(ct)
+			bad[i] ^= 0x01
+			_, _, err := set.Decrypt(bad)
+			if mode == AESGCM && err != ErrDecrypt {
+				t.Fatalf("gcm byte %d: %v", i, err)
+			}
+			// Unauthenticated CBC may decrypt a flipped IV or first block
+			// to garbage; what it must never do is say why it failed.
+			if mode == AESCBC && err != nil && err != ErrDecrypt {
+				t.Fatalf("cbc byte %d: %v", i, err)
+			}
+		}
+	}
+	// Every wrong last byte of the padding gives the same error value.
+	k := set.Primary()
+	for b := 0; b < 256; b++ {
+		plain := append(bytes.Repeat([]byte{0xaa}, 15), byte(b))
+		iv := randBytes(16)
+		body := make([]byte, 16)
+		cipher.NewCBCEncrypter(k.block, iv).CryptBlocks(body, plain) // no padding added
+		_, _, err := set.Decrypt(append(append([]byte(":ck:aescbc:v1:"), iv...), body...))
+		if b == 1 {
+			if err != nil {
+				t.Fatalf("pad 1: %v", err)
+			}
+		} else if err != ErrDecrypt {
+			t.Fatalf("last byte %d: %v", b, err)
+		}
+	}
+}
+
+func TestMalformed(t *testing.T) {
+	set := NewSet([]*Key{mustKey(t, randBytes(32))})
+	gcm, _ := set.Encrypt(AESGCM, []byte("p"))
+	cbc, _ := set.Encrypt(AESCBC, []byte("p"))
+	for _, ct := range [][]byte{gcm, cbc, legacyEncrypt(make([]byte, 16), make([]byte, 16), nil)} {
+		for n := 0; n < len(ct); n++ {
+			if _, _, err := set.Decrypt(ct[:n]); err == nil {
+				t.Fatalf("truncated to %d decrypted", n)
+			}
+		}
+	}
+	for _, ct := range [][]byte{nil, []byte("garbage"), []byte(":ck:v3:aesgcm:"), make([]byte, MaxCiphertext+1)} {
+		if _, _, err := set.Decrypt(ct); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("%.20q: %v", ct, err)
+		}
+	}
+	if _, err := set.Encrypt(AESGCM, make([]byte, MaxPlaintext+1)); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("oversized plaintext: %v", err)
+	}
+	big, err := set.Encrypt(AESCBC, make([]byte, MaxPlaintext))
+	if err != nil || len(big) > MaxCiphertext {
+		t.Fatalf("max plaintext: %d bytes, %v", len(big), err)
+	}
+}
+
+func TestParseMode(t *testing.T) {
+	for _, m := range []Mode{AESGCM, AESCBC} {
+		if got, err := ParseMode(m.String()); err != nil || got != m {
+			t.Fatal(m, err)
+		}
+	}
+	if _, err := ParseMode("aes"); err == nil {
+		t.Fatal("accepted aes")
+	}
+}
+
+// The request path must stay cheap: one allocation for the output.
+func TestEncryptAllocations(t *testing.T) {
+	set := NewSet([]*Key{mustKey(t, randBytes(32))})
+	seed := randBytes(32)
+	if n := testing.AllocsPerRun(100, func() { set.Encrypt(AESGCM, seed) }); n > 1 {
+		t.Fatalf("aesgcm Encrypt: %v allocations", n)
+	}
+	ct, _ := set.Encrypt(AESGCM, seed)
+	if n := testing.AllocsPerRun(100, func() { set.Decrypt(ct) }); n > 1 {
+		t.Fatalf("aesgcm Decrypt: %v allocations", n)
+	}
+}
+
+func BenchmarkEncryptGCM(b *testing.B) {
+	set := NewSet([]*Key{mustKey(b, randBytes(32))})
+	seed := randBytes(32)
+	for b.Loop() {
+		set.Encrypt(AESGCM, seed)
+	}
+}
+
+func FuzzDecrypt(f *testing.F) {
+	secret := unhex(legacyVectors[0].key)
+	set := NewSet([]*Key{mustKey(f, unhex(legacyVectors[1].key)), mustKey(f, secret)})
+	for _, v := range legacyVectors {
+		f.Add(append(append([]byte(":ck:aescbc:v1:"), unhex(v.iv)...), unhex(v.body)...))
+	}
+	for _, m := range []Mode{AESGCM, AESCBC} {
+		ct, _ := set.Encrypt(m, []byte("0123456789abcdef0123456789abcdef"))
+		f.Add(ct)
+		f.Add(ct[:len(ct)-1])
+	}
+	f.Add([]byte(":ck:v2:aesgcm:"))
+	f.Fuzz(func(t *testing.T, ct []byte) {
+		p, k, err := set.Decrypt(ct)
+		if err != nil {
+			if p != nil || k != nil {
+				t.Fatal("result with an error")
+			}
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnknownKey) && err != ErrDecrypt {
+				t.Fatalf("unexpected error kind: %v", err)
+			}
+			return
+		}
+		if k == nil || len(p) > len(ct) {
+			t.Fatal("bad success")
+		}
+	})
+}
