@@ -1,0 +1,131 @@
+package keysource
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+const (
+	// MaxOutput caps the command's stdout. A keyring of hundreds of keys
+	// fits; a runaway command does not fill memory.
+	MaxOutput = 64 << 10
+	// maxStderr is how much of stderr is kept for the log.
+	maxStderr = 2 << 10
+)
+
+// DefaultShell runs commands when it exists (see Argv).
+const DefaultShell = "/bin/sh"
+
+// shellSyntax lists characters whose meaning a shell supplies. Without a
+// shell they would reach the program as literal arguments and fail in
+// confusing ways, so Argv refuses them instead.
+const shellSyntax = "<>|&;$`'\"\\*?()[]{}~#\n"
+
+// Argv decides how command is run. If shell exists and is executable the
+// command goes to `shell -c`, so redirections and pipes work (`clevis
+// decrypt < kek.jwe`). Otherwise (a distroless image has no shell) it is
+// split on white space and executed directly; shell syntax is then an error.
+func Argv(shell, command string) ([]string, error) {
+	if strings.TrimSpace(command) == "" {
+		return nil, errors.New("empty command")
+	}
+	if fi, err := os.Stat(shell); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+		return []string{shell, "-c", command}, nil
+	}
+	if i := strings.IndexAny(command, shellSyntax); i >= 0 {
+		return nil, fmt.Errorf("%s does not exist, so the command runs without a shell, "+
+			"but it uses shell syntax (%q at offset %d); use a plain `program arg ...` command", shell, command[i], i)
+	}
+	return strings.Fields(command), nil
+}
+
+// Run executes argv with a bounded lifetime and returns its stdout.
+// stdout goes into one preallocated buffer (no growth, so no stray copies
+// of key bytes are left for the garbage collector); the caller wipes it.
+// stderr comes back truncated, for the log; on error it is also part of the
+// message. stdout never is.
+func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []byte, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, "", err
+	}
+	defer pr.Close()
+	var errOut capWriter
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
+	cmd.Stdout = pw
+	cmd.Stderr = &errOut
+	// Own process group, so a timeout kills whatever the command spawned
+	// (a shell's children would otherwise keep running, and keep the pipe open).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	// A descendant that left the group could hold stderr open forever.
+	cmd.WaitDelay = time.Second
+	err = cmd.Start()
+	pw.Close()
+	if err != nil {
+		return nil, "", fmt.Errorf("start %s: %w", argv[0], err)
+	}
+	// The same escapee could hold stdout open: reading stops at the deadline.
+	pr.SetReadDeadline(time.Now().Add(timeout + time.Second))
+
+	buf := make([]byte, MaxOutput+1)
+	n, readErr := io.ReadFull(pr, buf)
+	if readErr == nil {
+		// More than MaxOutput: kill now rather than wait for the timeout.
+		cancel()
+	}
+	waitErr := cmd.Wait()
+	stderr = errOut.String()
+	fail := func(format string, args ...any) ([]byte, string, error) {
+		clear(buf)
+		msg := fmt.Sprintf(format, args...)
+		if stderr != "" {
+			msg += "; stderr: " + stderr
+		}
+		return nil, stderr, errors.New(msg)
+	}
+	switch {
+	case readErr == nil:
+		return fail("command printed more than %d bytes", MaxOutput)
+	case ctx.Err() == context.DeadlineExceeded:
+		return fail("command did not finish within %v; killed its process group", timeout)
+	case waitErr != nil:
+		return fail("command failed: %v", waitErr)
+	case readErr != io.ErrUnexpectedEOF && readErr != io.EOF:
+		return fail("reading command output: %v", readErr)
+	}
+	return buf[:n], stderr, nil
+}
+
+// capWriter keeps the first maxStderr bytes and counts the rest.
+type capWriter struct {
+	buf     []byte
+	dropped int
+}
+
+func (w *capWriter) Write(p []byte) (int, error) {
+	keep := min(len(p), maxStderr-len(w.buf))
+	w.buf = append(w.buf, p[:keep]...)
+	w.dropped += len(p) - keep
+	return len(p), nil
+}
+
+// String returns stderr fit for one log field: trimmed, valid UTF-8.
+func (w *capWriter) String() string {
+	s := strings.ToValidUTF8(strings.TrimSpace(string(w.buf)), string(utf8.RuneError))
+	if w.dropped > 0 {
+		s += fmt.Sprintf(" ... (%d more bytes)", w.dropped)
+	}
+	return s
+}

@@ -1,0 +1,394 @@
+package keysource
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/kek"
+)
+
+// logBuf is an io.Writer the test can read while the loop writes.
+type logBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuf) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuf) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func (l *logBuf) count(s string) int { return strings.Count(l.String(), s) }
+
+func newKey(t *testing.T) []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+// writeKeyring replaces path atomically, so a concurrent `cat` sees the
+// old or the new file, never half of one.
+func writeKeyring(t *testing.T, path string, keys ...[]byte) {
+	t.Helper()
+	text := kek.Header + "\n"
+	for _, k := range keys {
+		text += base64.StdEncoding.EncodeToString(k) + "\n"
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func idOf(t *testing.T, key []byte) string {
+	r, err := kek.Parse(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.Keys[0].ID.String()
+}
+
+func start(t *testing.T, cfg Config) (*Source, *logBuf) {
+	t.Helper()
+	logs := &logBuf{}
+	cfg.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	if cfg.CommandTimeout == 0 {
+		cfg.CommandTimeout = 2 * time.Second
+	}
+	if cfg.Timeout == 0 {
+		cfg.Timeout = time.Hour
+	}
+	s, err := Start(cfg)
+	if err != nil {
+		t.Fatalf("Start: %v\n%s", err, logs)
+	}
+	t.Cleanup(s.Close)
+	return s, logs
+}
+
+// waitFor polls cond; the deadline is generous because CI machines are
+// shared, while the assertions about *when* things happen are separate.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestArgv(t *testing.T) {
+	got, err := Argv("/bin/sh", "clevis decrypt < kek.jwe")
+	if err != nil || len(got) != 3 || got[0] != "/bin/sh" || got[1] != "-c" || got[2] != "clevis decrypt < kek.jwe" {
+		t.Fatalf("with shell: %q %v", got, err)
+	}
+	got, err = Argv("/nonexistent/sh", "  kek-file  --path /etc/kms/kek ")
+	if err != nil || strings.Join(got, "|") != "kek-file|--path|/etc/kms/kek" {
+		t.Fatalf("without shell: %q %v", got, err)
+	}
+	for _, cmd := range []string{"clevis decrypt < kek.jwe", "a | b", "echo $HOME", "x 'quoted arg'"} {
+		if _, err := Argv("/nonexistent/sh", cmd); err == nil || !strings.Contains(err.Error(), "shell syntax") {
+			t.Errorf("%q without shell: %v", cmd, err)
+		}
+	}
+	if _, err := Argv("/bin/sh", " "); err == nil {
+		t.Error("empty command accepted")
+	}
+	// A directory or non-executable file is not a shell.
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "sh")
+	os.WriteFile(notExec, []byte("#!/bin/true\n"), 0o644)
+	for _, sh := range []string{dir, notExec} {
+		if got, _ := Argv(sh, "true"); len(got) != 1 {
+			t.Errorf("shell %s: %q", sh, got)
+		}
+	}
+}
+
+func TestWithoutShellTheCommandRunsDirectly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyring")
+	key := newKey(t)
+	writeKeyring(t, path, key)
+	s, logs := start(t, Config{Command: "cat " + path, Shell: "/nonexistent/sh"})
+	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
+		t.Fatalf("primary %s", got)
+	}
+	if !strings.Contains(logs.String(), "no shell; running the KEK command directly") {
+		t.Fatalf("the rule is not logged:\n%s", logs)
+	}
+}
+
+func TestRunCapsStdout(t *testing.T) {
+	out, _, err := Run(context.Background(), []string{"/bin/sh", "-c", "head -c 65536 /dev/zero"}, 5*time.Second)
+	if err != nil || len(out) != MaxOutput {
+		t.Fatalf("at the cap: %d bytes, %v", len(out), err)
+	}
+	began := time.Now()
+	_, _, err = Run(context.Background(), []string{"/bin/sh", "-c", "cat /dev/zero"}, 30*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "more than 65536 bytes") {
+		t.Fatalf("endless output: %v", err)
+	}
+	if time.Since(began) > 10*time.Second {
+		t.Fatal("endless output was not cut off early")
+	}
+}
+
+func TestRunKillsTheProcessGroupOnTimeout(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	began := time.Now()
+	_, _, err := Run(context.Background(),
+		[]string{"/bin/sh", "-c", "sleep 60 & echo $! > " + pidFile + "; wait"}, 500*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "did not finish within 500ms") {
+		t.Fatalf("hung command: %v", err)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	pidText, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	fmt.Sscan(string(pidText), &pid)
+	waitFor(t, "the grandchild to die", func() bool {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		// Gone, or a zombie waiting for a PID 1 that does not reap.
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
+	if err := syscall.Kill(pid, 0); err == nil {
+		stat, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if !strings.Contains(string(stat), ") Z ") {
+			t.Fatalf("grandchild %d still runs", pid)
+		}
+	}
+}
+
+func TestRunErrorCarriesStderrNeverStdout(t *testing.T) {
+	_, stderr, err := Run(context.Background(),
+		[]string{"/bin/sh", "-c", "printf TOPSECRETKEYBYTES; echo 'tang: connection refused' >&2; exit 3"}, 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "exit status 3") || !strings.Contains(err.Error(), "tang: connection refused") {
+		t.Fatalf("err %v", err)
+	}
+	if strings.Contains(err.Error()+stderr, "TOPSECRET") {
+		t.Fatal("stdout leaked into the error")
+	}
+	_, stderr, _ = Run(context.Background(), []string{"/bin/sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x >&2; exit 1"}, 5*time.Second)
+	if len(stderr) > maxStderr+100 || !strings.Contains(stderr, "more bytes") {
+		t.Fatalf("stderr not truncated: %d bytes", len(stderr))
+	}
+}
+
+func TestStartFails(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	for _, tc := range []struct{ cmd, want string }{
+		{"echo 'no tang server' >&2; exit 1", "no tang server"},
+		{"echo hello", "KEK output is 6 bytes"},
+		{"echo '" + kek.Header + "'", "no keys"},
+		{"/nonexistent/kek-tool", "exit status 127"},
+	} {
+		_, err := Start(Config{Command: tc.cmd, Timeout: time.Hour, CommandTimeout: 5 * time.Second, Log: log})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.cmd, err, tc.want)
+		}
+	}
+	_, err := Start(Config{Command: "sleep 60", Timeout: time.Hour, CommandTimeout: 300 * time.Millisecond, Log: log})
+	if err == nil || !strings.Contains(err.Error(), "did not finish") {
+		t.Errorf("hanging at start: %v", err)
+	}
+}
+
+// The KEK command fails after start: keys stay usable until the timeout,
+// are purged, and come back when the command works again. Each state
+// change is logged exactly once.
+func TestPurgeAfterTimeoutThenResume(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keyring")
+	key := newKey(t)
+	writeKeyring(t, path, key)
+	const timeout = 2 * time.Second
+	began := time.Now()
+	s, logs := start(t, Config{Command: "cat " + path, Timeout: timeout, CommandTimeout: time.Second})
+	os.Remove(path)
+
+	waitFor(t, "a failed refresh", func() bool { return logs.count("KEK refresh failed;") > 0 })
+	if s.Keys() == nil {
+		t.Fatal("purged at the first failure, before the timeout")
+	}
+	waitFor(t, "the purge", func() bool { return s.Keys() == nil })
+	if d := time.Since(began); d < timeout {
+		t.Fatalf("purged after %v, before the %v timeout", d, timeout)
+	}
+	time.Sleep(timeout / 2) // several more failed runs
+	if s.Keys() != nil {
+		t.Fatal("keys came back while the command still fails")
+	}
+
+	writeKeyring(t, path, key)
+	waitFor(t, "the keys to come back", func() bool { return s.Keys() != nil })
+	waitFor(t, "the restore to be logged", func() bool { return logs.count("KEK restored") > 0 })
+	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
+		t.Fatalf("restored %s", got)
+	}
+	for msg, want := range map[string]int{"KEK refresh failed;": 1, "KEK purged": 1, "KEK restored": 1, "KEK refresh failed again": 2} {
+		if n := logs.count(msg); n != want && !(msg == "KEK refresh failed again" && n >= want) {
+			t.Errorf("%q logged %d times:\n%s", msg, n, logs)
+		}
+	}
+	if strings.Contains(logs.String(), base64.StdEncoding.EncodeToString(key)) {
+		t.Fatal("key material in the log")
+	}
+}
+
+// A refresh that hangs is killed; expiry does not wait for it.
+func TestHungRefreshIsPurgedOnTime(t *testing.T) {
+	dir := t.TempDir()
+	path, hang := filepath.Join(dir, "keyring"), filepath.Join(dir, "hang")
+	writeKeyring(t, path, newKey(t))
+	const timeout = 2 * time.Second
+	began := time.Now()
+	s, logs := start(t, Config{
+		Command: fmt.Sprintf("if [ -e %s ]; then sleep 600; fi; cat %s", hang, path),
+		Timeout: timeout, CommandTimeout: 10 * time.Minute,
+	})
+	os.WriteFile(hang, nil, 0o600)
+	waitFor(t, "the purge", func() bool { return s.Keys() == nil })
+	if d := time.Since(began); d > timeout+3*time.Second {
+		t.Fatalf("purge came %v after start; the hung run delayed it", d)
+	}
+	closed := make(chan struct{})
+	go func() { s.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not kill the hung command")
+	}
+	if logs.count("KEK purged") != 1 {
+		t.Fatalf("log:\n%s", logs)
+	}
+}
+
+// Requests read the keys while a slow refresh runs, without waiting.
+func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
+	dir := t.TempDir()
+	path, slow := filepath.Join(dir, "keyring"), filepath.Join(dir, "slow")
+	a, b := newKey(t), newKey(t)
+	writeKeyring(t, path, a)
+	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then sleep 2; fi; cat %s", slow, path), CommandTimeout: time.Minute})
+	os.WriteFile(slow, nil, 0o600)
+	writeKeyring(t, path, b, a)
+	s.Refresh()
+	began := time.Now()
+	reads := 0
+	for time.Since(began) < time.Second {
+		t0 := time.Now()
+		set := s.Keys()
+		if set == nil || time.Since(t0) > 100*time.Millisecond {
+			t.Fatal("a reader waited for the refresh")
+		}
+		if set.Primary().KeyID == idOf(t, b) {
+			t.Fatal("refresh finished before the command did")
+		}
+		reads++
+		time.Sleep(time.Millisecond)
+	}
+	waitFor(t, "the slow refresh", func() bool { return s.Keys().Primary().KeyID == idOf(t, b) })
+	if reads < 100 {
+		t.Fatalf("only %d reads", reads)
+	}
+}
+
+func TestRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyring")
+	a, b, c := newKey(t), newKey(t), newKey(t)
+	writeKeyring(t, path, a)
+	s, logs := start(t, Config{Command: "cat " + path})
+	oldCT, err := s.Keys().Encrypt(codec.AESGCM, []byte("dek under a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// b becomes primary, a stays listed.
+	writeKeyring(t, path, b, a)
+	s.Refresh()
+	waitFor(t, "b to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, b) })
+	newCT, _ := s.Keys().Encrypt(codec.AESGCM, []byte("dek under b"))
+	for ct, want := range map[string]string{string(oldCT): idOf(t, a), string(newCT): idOf(t, b)} {
+		p, k, err := s.Keys().Decrypt([]byte(ct))
+		if err != nil || k.KeyID != want || !strings.HasPrefix(string(p), "dek under") {
+			t.Fatalf("decrypt: %v", err)
+		}
+	}
+
+	// a is no longer listed: it stays in memory for decrypt only.
+	writeKeyring(t, path, c, b)
+	s.Refresh()
+	waitFor(t, "c to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, c) })
+	if p, _, err := s.Keys().Decrypt(oldCT); err != nil || string(p) != "dek under a" {
+		t.Fatalf("retired key: %v", err)
+	}
+	ids := []string{}
+	for _, k := range s.Keys().Keys() {
+		ids = append(ids, k.KeyID)
+	}
+	if want := []string{idOf(t, c), idOf(t, b), idOf(t, a)}; strings.Join(ids, ",") != strings.Join(want, ",") {
+		t.Fatalf("key order %v, want %v", ids, want)
+	}
+	if n := logs.count("primary KEK changed"); n != 2 {
+		t.Fatalf("%d rotations logged:\n%s", n, logs)
+	}
+}
+
+func TestRetiredKeysAreBounded(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keyring")
+	writeKeyring(t, path, newKey(t))
+	s, _ := start(t, Config{Command: "cat " + path})
+	for i := 0; i < maxRetired+5; i++ {
+		k := newKey(t)
+		writeKeyring(t, path, k)
+		s.Refresh()
+		waitFor(t, "the new key", func() bool { return s.Keys().Primary().KeyID == idOf(t, k) })
+	}
+	if n := len(s.Keys().Keys()); n != 1+maxRetired {
+		t.Fatalf("%d keys in memory", n)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	s := &Source{cfg: Config{Timeout: time.Hour}}
+	for n := 1; n <= 40; n++ {
+		d := s.backoff(n)
+		if d <= 0 || d > 30*time.Second {
+			t.Fatalf("backoff(%d) = %v", n, d)
+		}
+		if n > 10 && d < 15*time.Second {
+			t.Fatalf("backoff(%d) = %v, want near the cap", n, d)
+		}
+	}
+	if d := (&Source{cfg: Config{Timeout: time.Minute}}).refreshDelay(); d < 42*time.Second || d > 45*time.Second {
+		t.Fatalf("refresh after %v for a 1m timeout", d)
+	}
+}
