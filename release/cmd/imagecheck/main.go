@@ -1,0 +1,301 @@
+// Command imagecheck proves a built image works the way a kubelet would run
+// it: it unpacks the image into a root filesystem, starts the entrypoint in
+// it with chroot as 65532:65532 (no shell exists there, so the KEK command
+// runs word-split), and drives the daemon through its socket with the KMS
+// v2 and v1beta1 APIs. It must run as root (chroot, chown).
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	kmsv1 "github.com/cmdkms/kms/proto/v1beta1"
+	kmsv2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/release/imagebuilder"
+)
+
+const nonroot = 65532
+
+func main() {
+	layoutDir := flag.String("layout", "", "OCI image layout of the image to check (required)")
+	kekCommand := flag.String("kek-command", "/usr/bin/kek-file /etc/kms/kek", "--command for the daemon, as it runs inside the image")
+	kekFile := flag.String("kek-file", "/etc/kms/kek", "where in the root filesystem to put a fresh keyring for the KEK command")
+	keep := flag.Bool("keep", false, "keep the unpacked root filesystem")
+	flag.Parse()
+	if *layoutDir == "" || flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	if err := run(*layoutDir, *kekCommand, *kekFile, *keep); err != nil {
+		fmt.Fprintln(os.Stderr, "imagecheck: FAIL:", err)
+		os.Exit(1)
+	}
+	fmt.Println("imagecheck: PASS")
+}
+
+func step(format string, args ...any) { fmt.Printf("imagecheck: "+format+"\n", args...) }
+
+func run(layoutDir, kekCommand, kekFile string, keep bool) error {
+	img, err := imagebuilder.ReadLayout(layoutDir)
+	if err != nil {
+		return err
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return err
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		return err
+	}
+	step("image %s: user %s, entrypoint %v", digest, cf.Config.User, cf.Config.Entrypoint)
+	if cf.Config.User != "65532:65532" {
+		return fmt.Errorf("image runs as %q, want 65532:65532", cf.Config.User)
+	}
+	if len(cf.Config.Entrypoint) == 0 {
+		return errors.New("image has no entrypoint")
+	}
+
+	// Short, so the socket path stays under the 108-byte limit.
+	rootfs, err := os.MkdirTemp("", "kms-rootfs")
+	if err != nil {
+		return err
+	}
+	if keep {
+		step("root filesystem kept in %s", rootfs)
+	} else {
+		defer os.RemoveAll(rootfs)
+	}
+	if err := unpack(img, rootfs); err != nil {
+		return fmt.Errorf("unpack: %w", err)
+	}
+	if err := checkRootfs(rootfs); err != nil {
+		return err
+	}
+
+	// The KEK file: a fresh text keyring, readable by the daemon's user only.
+	key := make([]byte, 32)
+	rand.Read(key)
+	kek := filepath.Join(rootfs, kekFile)
+	if err := os.MkdirAll(filepath.Dir(kek), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(kek, []byte("kms-keyring v1\n"+base64.StdEncoding.EncodeToString(key)+"\n"), 0o400); err != nil {
+		return err
+	}
+	if err := os.Chown(kek, nonroot, nonroot); err != nil {
+		return err
+	}
+
+	const sock = "/tmp/kms.sock"
+	args := append([]string{"--userspec=65532:65532", rootfs}, cf.Config.Entrypoint...)
+	args = append(args, cf.Config.Cmd...)
+	args = append(args, "--command", kekCommand, "--endpoint", "unix://"+sock)
+	cmd := exec.Command("chroot", args...)
+	// The image's environment only, as a runtime would set it.
+	cmd.Env = cf.Config.Env
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	step("running chroot %s", strings.Join(args, " "))
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				cmd.Process.Kill()
+				<-exited
+			}
+		}
+		fmt.Printf("imagecheck: daemon output:\n%s", indent(logs.String()))
+	}()
+
+	hostSock := filepath.Join(rootfs, sock)
+	if err := waitForSocket(hostSock, exited); err != nil {
+		return err
+	}
+	if err := checkProcess(cmd.Process.Pid, hostSock); err != nil {
+		return err
+	}
+	if err := drive(hostSock); err != nil {
+		return err
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case err := <-exited:
+		step("daemon stopped on SIGTERM (%v)", errOrOK(err))
+	case <-time.After(15 * time.Second):
+		return errors.New("daemon did not stop within 15s of SIGTERM")
+	}
+	return nil
+}
+
+// checkRootfs checks what a distroless base promises: no shell or package
+// manager, the users and writable directories the daemon relies on.
+func checkRootfs(rootfs string) error {
+	for _, p := range []string{"bin/sh", "bin/bash", "usr/bin/sh", "bin/busybox", "usr/bin/apt", "usr/bin/dpkg"} {
+		if _, err := os.Lstat(filepath.Join(rootfs, p)); err == nil {
+			return fmt.Errorf("image contains /%s", p)
+		}
+	}
+	for p, want := range map[string]struct {
+		mode fs.FileMode
+		uid  uint32
+	}{
+		"tmp":          {fs.ModeDir | fs.ModeSticky | 0o777, 0},
+		"home/nonroot": {fs.ModeDir | 0o700, nonroot},
+		"etc/passwd":   {0o644, 0},
+	} {
+		st, err := os.Lstat(filepath.Join(rootfs, p))
+		if err != nil {
+			return err
+		}
+		if st.Mode() != want.mode || st.Sys().(*syscall.Stat_t).Uid != want.uid {
+			return fmt.Errorf("/%s: mode %v uid %d, want %v uid %d", p, st.Mode(), st.Sys().(*syscall.Stat_t).Uid, want.mode, want.uid)
+		}
+	}
+	bins, err := os.ReadDir(filepath.Join(rootfs, "usr/bin"))
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, b := range bins {
+		names = append(names, b.Name())
+	}
+	step("rootfs ok: no shell, /tmp 1777, /home/nonroot 0700 65532; /usr/bin: %s", strings.Join(names, " "))
+	return nil
+}
+
+func waitForSocket(p string, exited <-chan error) error {
+	deadline := time.After(30 * time.Second)
+	for {
+		if st, err := os.Lstat(p); err == nil && st.Mode()&fs.ModeSocket != 0 {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("daemon exited before creating its socket: %v", errOrOK(err))
+		case <-deadline:
+			return errors.New("no socket after 30s")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// checkProcess confirms the daemon runs as 65532 with no capabilities and
+// owns its socket.
+func checkProcess(pid int, sock string) error {
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return err
+	}
+	fields := map[string]string{}
+	for _, line := range strings.Split(string(status), "\n") {
+		k, v, _ := strings.Cut(line, ":")
+		fields[k] = strings.Join(strings.Fields(v), " ")
+	}
+	if fields["Uid"] != "65532 65532 65532 65532" || fields["Gid"] != "65532 65532 65532 65532" {
+		return fmt.Errorf("daemon runs with Uid %q Gid %q", fields["Uid"], fields["Gid"])
+	}
+	if fields["CapEff"] != "0000000000000000" {
+		return fmt.Errorf("daemon has effective capabilities %s", fields["CapEff"])
+	}
+	st, err := os.Lstat(sock)
+	if err != nil {
+		return err
+	}
+	step("daemon pid %d runs as uid/gid 65532, no capabilities; socket %v owned by uid %d",
+		pid, st.Mode().Perm(), st.Sys().(*syscall.Stat_t).Uid)
+	return nil
+}
+
+func drive(sock string) error {
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	v2 := kmsv2.NewKeyManagementServiceClient(conn)
+	st, err := v2.Status(ctx, &kmsv2.StatusRequest{})
+	if err != nil {
+		return fmt.Errorf("v2 Status: %w", err)
+	}
+	if st.Healthz != "ok" || st.KeyId == "" {
+		return fmt.Errorf("v2 Status: healthz %q key_id %q", st.Healthz, st.KeyId)
+	}
+	plain := []byte("a data encryption key, 32 bytes!")
+	enc, err := v2.Encrypt(ctx, &kmsv2.EncryptRequest{Plaintext: plain, Uid: "imagecheck-1"})
+	if err != nil {
+		return fmt.Errorf("v2 Encrypt: %w", err)
+	}
+	dec, err := v2.Decrypt(ctx, &kmsv2.DecryptRequest{Ciphertext: enc.Ciphertext, Uid: "imagecheck-2", KeyId: enc.KeyId, Annotations: enc.Annotations})
+	if err != nil {
+		return fmt.Errorf("v2 Decrypt: %w", err)
+	}
+	if !bytes.Equal(dec.Plaintext, plain) || bytes.Contains(enc.Ciphertext, plain) {
+		return errors.New("v2: round trip did not give the plaintext back, or the ciphertext contains it")
+	}
+	step("v2: Status version %s healthz %s key_id %s; Encrypt/Decrypt round trip ok (%d-byte ciphertext)",
+		st.Version, st.Healthz, st.KeyId, len(enc.Ciphertext))
+
+	v1b := kmsv1.NewKeyManagementServiceClient(conn)
+	ver, err := v1b.Version(ctx, &kmsv1.VersionRequest{Version: "v1beta1"})
+	if err != nil {
+		return fmt.Errorf("v1beta1 Version: %w", err)
+	}
+	c1, err := v1b.Encrypt(ctx, &kmsv1.EncryptRequest{Version: "v1beta1", Plain: plain})
+	if err != nil {
+		return fmt.Errorf("v1beta1 Encrypt: %w", err)
+	}
+	p1, err := v1b.Decrypt(ctx, &kmsv1.DecryptRequest{Version: "v1beta1", Cipher: c1.Cipher})
+	if err != nil {
+		return fmt.Errorf("v1beta1 Decrypt: %w", err)
+	}
+	if !bytes.Equal(p1.Plain, plain) {
+		return errors.New("v1beta1: round trip did not give the plaintext back")
+	}
+	step("v1beta1: Version %s runtime %s %s; Encrypt/Decrypt round trip ok", ver.Version, ver.RuntimeName, ver.RuntimeVersion)
+	return nil
+}
+
+func errOrOK(err error) string {
+	if err == nil {
+		return "exit 0"
+	}
+	return err.Error()
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, line := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("    " + line + "\n")
+	}
+	return b.String()
+}

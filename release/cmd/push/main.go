@@ -1,0 +1,116 @@
+// Command push uploads the image of an OCI image layout to a registry and
+// prints its digest reference. `tools/bazel run //release:push -- --repository
+// HOST/NAME[:TAG]` runs it on the layout Bazel built.
+//
+// Plain HTTP is used only for loopback registries (127.0.0.0/8, ::1,
+// localhost): everything else must speak TLS, so a typo or a spoofed name
+// never sends the image, or registry credentials, in the clear.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/cmdkms/kms/release/imagebuilder"
+)
+
+func main() {
+	layoutDir := flag.String("layout", "", "OCI image layout holding exactly one image (required)")
+	repository := flag.String("repository", "", "HOST[:PORT]/NAME[:TAG] to push to; without a tag the image is pushed by digest only (required)")
+	digestFile := flag.String("digest-file", "", "also write the pushed REPOSITORY@sha256:... to this file")
+	flag.Parse()
+	if *layoutDir == "" || *repository == "" || flag.NArg() > 0 {
+		flag.Usage()
+		os.Exit(2)
+	}
+	ref, err := push(*layoutDir, *repository)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "push:", err)
+		os.Exit(1)
+	}
+	fmt.Println(ref)
+	if *digestFile != "" {
+		// `bazel run` starts us in the runfiles tree; a relative path is
+		// meant relative to where the user ran the command.
+		path := *digestFile
+		if wd := os.Getenv("BUILD_WORKING_DIRECTORY"); wd != "" && !filepath.IsAbs(path) {
+			path = filepath.Join(wd, path)
+		}
+		if err := os.WriteFile(path, []byte(ref+"\n"), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "push:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+func push(layoutDir, repository string) (string, error) {
+	// Docker's rule: without a host-like first component (a dot, a port or
+	// "localhost"), a name means Docker Hub; a release push never should.
+	if host, _, ok := strings.Cut(repository, "/"); !ok || (!strings.ContainsAny(host, ".:") && host != "localhost") {
+		return "", fmt.Errorf("--repository %s: start with the registry host, e.g. 127.0.0.1:5000/kms", repository)
+	}
+	ref, err := name.ParseReference(repository, name.WithDefaultTag(""))
+	if err != nil {
+		return "", err
+	}
+	if _, isDigest := ref.(name.Digest); isDigest {
+		return "", fmt.Errorf("--repository %s: give a tag or nothing, not a digest", repository)
+	}
+	img, err := imagebuilder.ReadLayout(layoutDir)
+	if err != nil {
+		return "", err
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return "", err
+	}
+	target := ref
+	if ref.Identifier() == "" {
+		target = ref.Context().Digest(digest.String())
+	}
+	opts := []remote.Option{
+		remote.WithAuthFromKeychain(authn.DefaultKeychain),
+		remote.WithTransport(loopbackOnlyHTTP{remote.DefaultTransport}),
+	}
+	if err := remote.Write(target, img, opts...); err != nil {
+		return "", err
+	}
+	// Read back what the registry now serves under the reference.
+	desc, err := remote.Head(target, opts...)
+	if err != nil {
+		return "", err
+	}
+	if desc.Digest != digest {
+		return "", fmt.Errorf("registry serves %s for %s, pushed %s", desc.Digest, target, digest)
+	}
+	return ref.Context().Digest(digest.String()).String(), nil
+}
+
+// loopbackOnlyHTTP refuses plain-HTTP requests to anything but loopback.
+// go-containerregistry itself falls back to HTTP for private-range
+// addresses too, which is too trusting for a release push.
+type loopbackOnlyHTTP struct{ next http.RoundTripper }
+
+func (t loopbackOnlyHTTP) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "http" && !isLoopback(r.URL.Hostname()) {
+		return nil, fmt.Errorf("refusing plain HTTP to %s: only loopback registries may skip TLS", r.URL.Host)
+	}
+	return t.next.RoundTrip(r)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
