@@ -1,0 +1,195 @@
+// Package server serves KMS v1beta1 and v2 on one gRPC server and opens
+// the daemon's unix socket.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cmdkms/kms/proto/v1beta1"
+	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/codec"
+)
+
+// Keys gives the current keys, nil while purged. keysource.Source is one.
+type Keys interface {
+	Keys() *codec.Set
+}
+
+// Register adds both KMS services to s. mode picks the codec for new
+// ciphertexts; version is reported by v1beta1's Version.
+func Register(s *grpc.Server, keys Keys, mode codec.Mode, version string) {
+	v1beta1.RegisterKeyManagementServiceServer(s, &v1Service{keys: keys, mode: mode, version: version})
+	v2.RegisterKeyManagementServiceServer(s, &v2Service{keys: keys, mode: mode})
+}
+
+const (
+	v1APIVersion = "v1beta1"
+	v2APIVersion = "v2"
+)
+
+// Prebuilt so the common error paths cost no formatting.
+var (
+	errPurged = status.Error(codes.Unavailable,
+		"no KEK loaded: the KEK command has kept failing and the keys were purged; see the kms daemon's log")
+	errDecrypt      = status.Error(codes.InvalidArgument, codec.ErrDecrypt.Error())
+	errEmptyPlain   = status.Error(codes.InvalidArgument, "plaintext is empty")
+	errEmptyCipher  = status.Error(codes.InvalidArgument, "ciphertext is empty")
+	errMissingKeyID = status.Error(codes.InvalidArgument, "key_id is empty; pass the key_id that Encrypt returned")
+)
+
+// current returns the keys or the error requests get while purged.
+func current(keys Keys) (*codec.Set, error) {
+	if set := keys.Keys(); set != nil {
+		return set, nil
+	}
+	return nil, errPurged
+}
+
+func encrypt(keys Keys, mode codec.Mode, plaintext []byte) (*codec.Set, []byte, error) {
+	if len(plaintext) == 0 {
+		return nil, nil, errEmptyPlain
+	}
+	set, err := current(keys)
+	if err != nil {
+		return nil, nil, err
+	}
+	ct, err := set.Encrypt(mode, plaintext)
+	switch {
+	case errors.Is(err, codec.ErrTooLarge):
+		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+	case err != nil:
+		return nil, nil, status.Errorf(codes.Internal, "encrypt: %v", err)
+	}
+	return set, ct, nil
+}
+
+// decryptError maps codec errors to gRPC codes: an unknown key is a state
+// the operator can fix (FailedPrecondition); anything else is bad input.
+func decryptError(err error) error {
+	switch {
+	case err == codec.ErrDecrypt:
+		return errDecrypt
+	case errors.Is(err, codec.ErrUnknownKey):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return status.Error(codes.InvalidArgument, err.Error())
+}
+
+type v1Service struct {
+	v1beta1.UnimplementedKeyManagementServiceServer
+	keys    Keys
+	mode    codec.Mode
+	version string
+}
+
+// checkVersion refuses any API version but v1beta1, as the 2018 daemon did.
+func checkVersion(v string) error {
+	if v != v1APIVersion {
+		return status.Errorf(codes.InvalidArgument, "unsupported KMS API version %q; this service speaks %q", v, v1APIVersion)
+	}
+	return nil
+}
+
+func (s *v1Service) Version(_ context.Context, req *v1beta1.VersionRequest) (*v1beta1.VersionResponse, error) {
+	if err := checkVersion(req.Version); err != nil {
+		return nil, err
+	}
+	return &v1beta1.VersionResponse{Version: v1APIVersion, RuntimeName: "kms", RuntimeVersion: s.version}, nil
+}
+
+func (s *v1Service) Encrypt(_ context.Context, req *v1beta1.EncryptRequest) (*v1beta1.EncryptResponse, error) {
+	if err := checkVersion(req.Version); err != nil {
+		return nil, err
+	}
+	_, ct, err := encrypt(s.keys, s.mode, req.Plain)
+	if err != nil {
+		return nil, err
+	}
+	return &v1beta1.EncryptResponse{Cipher: ct}, nil
+}
+
+func (s *v1Service) Decrypt(_ context.Context, req *v1beta1.DecryptRequest) (*v1beta1.DecryptResponse, error) {
+	if err := checkVersion(req.Version); err != nil {
+		return nil, err
+	}
+	if len(req.Cipher) == 0 {
+		return nil, errEmptyCipher
+	}
+	set, err := current(s.keys)
+	if err != nil {
+		return nil, err
+	}
+	p, _, err := set.Decrypt(req.Cipher)
+	if err != nil {
+		return nil, decryptError(err)
+	}
+	return &v1beta1.DecryptResponse{Plain: p}, nil
+}
+
+type v2Service struct {
+	v2.UnimplementedKeyManagementServiceServer
+	keys Keys
+	mode codec.Mode
+}
+
+// Status fails while purged rather than answering healthz != "ok": with a
+// valid key_id kube-apiserver would keep writing under its cached DEK.
+func (s *v2Service) Status(context.Context, *v2.StatusRequest) (*v2.StatusResponse, error) {
+	set, err := current(s.keys)
+	if err != nil {
+		return nil, err
+	}
+	return &v2.StatusResponse{Version: v2APIVersion, Healthz: "ok", KeyId: set.Primary().KeyID}, nil
+}
+
+// Encrypt returns no annotations: the ciphertext header already names
+// codec and key.
+func (s *v2Service) Encrypt(_ context.Context, req *v2.EncryptRequest) (*v2.EncryptResponse, error) {
+	set, ct, err := encrypt(s.keys, s.mode, req.Plaintext)
+	if err != nil {
+		return nil, err
+	}
+	return &v2.EncryptResponse{Ciphertext: ct, KeyId: set.Primary().KeyID}, nil
+}
+
+func (s *v2Service) Decrypt(_ context.Context, req *v2.DecryptRequest) (*v2.DecryptResponse, error) {
+	if len(req.Ciphertext) == 0 {
+		return nil, errEmptyCipher
+	}
+	if req.KeyId == "" {
+		return nil, errMissingKeyID
+	}
+	set, err := current(s.keys)
+	if err != nil {
+		return nil, err
+	}
+	if !holds(set, req.KeyId) {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"key_id %.80q is not in the keyring; keys the command no longer lists are kept only until a restart or purge", req.KeyId)
+	}
+	p, k, err := set.Decrypt(req.Ciphertext)
+	if err != nil {
+		return nil, decryptError(err)
+	}
+	if k.KeyID != req.KeyId {
+		clear(p)
+		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf(
+			"key_id %.80q does not match the ciphertext, which was made with %s", req.KeyId, k.KeyID))
+	}
+	return &v2.DecryptResponse{Plaintext: p}, nil
+}
+
+func holds(set *codec.Set, keyID string) bool {
+	for _, k := range set.Keys() {
+		if k.KeyID == keyID {
+			return true
+		}
+	}
+	return false
+}
