@@ -1,0 +1,416 @@
+package main
+
+// These tests run the real kms binary (see internal/testbin) against real
+// unix sockets and real shell commands.
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/cmdkms/kms/proto/v1beta1"
+	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/internal/testbin"
+)
+
+var kmsBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kms")
+	if err != nil {
+		panic(err)
+	}
+	kmsBin, err = testbin.KMS(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// shortDir: socket paths must stay under 108 bytes, and TMPDIR under Bazel
+// is long, so this uses the system temp dir directly.
+func shortDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "kms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+type daemon struct {
+	cmd    *exec.Cmd
+	sock   string
+	stderr *syncBuf
+	exited chan struct{}
+	v1     v1beta1.KeyManagementServiceClient
+	v2     v2.KeyManagementServiceClient
+}
+
+// startDaemon runs kms and waits until v2 Status answers.
+func startDaemon(t *testing.T, sock string, args ...string) *daemon {
+	t.Helper()
+	if sock != "" {
+		args = append(args, "--endpoint", "unix://"+sock)
+	}
+	d := launch(t, exec.Command(kmsBin, args...))
+	d.sock = sock
+	d.connect(t, sock)
+	return d
+}
+
+func launch(t *testing.T, cmd *exec.Cmd) *daemon {
+	t.Helper()
+	d := &daemon{cmd: cmd, stderr: &syncBuf{}, exited: make(chan struct{})}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { cmd.Wait(); close(d.exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-d.exited
+	})
+	return d
+}
+
+func (d *daemon) connect(t *testing.T, sock string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	d.v1, d.v2 = v1beta1.NewKeyManagementServiceClient(conn), v2.NewKeyManagementServiceClient(conn)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := d.v2.Status(ctx, &v2.StatusRequest{})
+		cancel()
+		if err == nil {
+			return
+		}
+		select {
+		case <-d.exited:
+			t.Fatalf("kms exited: %v\n%s", d.cmd.ProcessState, d.stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kms not serving: %v\n%s", err, d.stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends sig and returns the exit code.
+func (d *daemon) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	d.cmd.Process.Signal(sig)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("kms did not stop on %v:\n%s", sig, d.stderr)
+	}
+	return d.cmd.ProcessState.ExitCode()
+}
+
+// runToExit runs kms expecting it to exit by itself.
+func runToExit(t *testing.T, args ...string) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	cmd := exec.CommandContext(ctx, kmsBin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Run()
+	return cmd.ProcessState.ExitCode(), out.String()
+}
+
+func newKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+func writeKeyring(t *testing.T, path string, keys ...[]byte) {
+	t.Helper()
+	text := "kms-keyring v1\n"
+	for _, k := range keys {
+		text += base64.StdEncoding.EncodeToString(k) + "\n"
+	}
+	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func status_(t *testing.T, d *daemon) *v2.StatusResponse {
+	t.Helper()
+	st, err := d.v2.Status(context.Background(), &v2.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestFlags(t *testing.T) {
+	code, out := runToExit(t, "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, f := range []string{"--command", "--timeout", "--command-timeout", "--endpoint", "--socket-mode", "--mode", "--shutdown-timeout", "--log-format", "--log-level", "--version"} {
+		if !strings.Contains(out, f+" ") && !strings.Contains(out, f+"[") {
+			t.Errorf("--help does not list %s", f)
+		}
+	}
+	if code, out := runToExit(t, "--version"); code != 0 || !strings.HasPrefix(out, "kms ") {
+		t.Errorf("--version: %d %q", code, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--command is required"},
+		{[]string{"--command", "true", "--timeout", "59s"}, "below the minimum of 1m0s"},
+		{[]string{"--command", "true", "--command-timeout", "2h"}, "must be positive and below --timeout"},
+		{[]string{"--command", "true", "--mode", "aes"}, `unknown mode "aes"`},
+		{[]string{"--command", "true", "--socket-mode", "0999"}, "want octal permissions"},
+		{[]string{"--command", "true", "--log-format", "xml"}, "want text or json"},
+		{[]string{"--command", "true", "--log-level", "loud"}, "want debug, info"},
+		{[]string{"--command", "true", "check"}, `unexpected argument "check"`},
+		{[]string{"--comand", "true"}, "unknown flag: --comand"},
+	} {
+		code, out := runToExit(t, tc.args...)
+		if code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("%q: exit %d, %q; want 2 and %q", tc.args, code, out, tc.want)
+		}
+	}
+}
+
+func TestStartFailures(t *testing.T) {
+	dir := shortDir(t)
+	sock := filepath.Join(dir, "kms.sock")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--command", "echo 'tang unreachable' >&2; exit 1", "--endpoint", "unix://" + sock}, "tang unreachable"},
+		{[]string{"--command", "echo short", "--endpoint", "unix://" + sock}, "KEK output is 6 bytes"},
+		{[]string{"--command", "true", "--endpoint", "unix://" + dir + "/missing/kms.sock"}, "does not exist"},
+		{[]string{"--command", "true"}, "LISTEN_FDS is not set"},
+	} {
+		code, out := runToExit(t, tc.args...)
+		if code != 1 || !strings.Contains(out, tc.want) {
+			t.Errorf("%q: exit %d, %q; want 1 and %q", tc.args, code, out, tc.want)
+		}
+		if _, err := os.Stat(sock); !os.IsNotExist(err) {
+			t.Errorf("%q left the socket behind", tc.args)
+		}
+	}
+}
+
+// The whole life of a daemon: serve both APIs, rotate on SIGHUP, survive
+// bad input, stop on SIGTERM, and after a restart read what it wrote.
+func TestDaemonLifecycle(t *testing.T) {
+	ctx := context.Background()
+	dir := shortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	a, b := newKey(), newKey()
+	writeKeyring(t, ring, a)
+	args := []string{"--command", "cat " + ring, "--log-level", "debug"}
+	d := startDaemon(t, sock, args...)
+
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket: %v %v", fi.Mode(), err)
+	}
+	if v, err := d.v1.Version(ctx, &v1beta1.VersionRequest{Version: "v1beta1"}); err != nil || v.Version != "v1beta1" {
+		t.Fatalf("v1 Version: %v", err)
+	}
+	stA := status_(t, d)
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	encA, err := d.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: seed})
+	if err != nil || encA.KeyId != stA.KeyId {
+		t.Fatalf("v2 Encrypt: %v", err)
+	}
+	v1A, err := d.v1.Encrypt(ctx, &v1beta1.EncryptRequest{Version: "v1beta1", Plain: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Garbage does not hurt it.
+	_, err = d.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: []byte("\x00garbage"), KeyId: stA.KeyId})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("garbage: %v", err)
+	}
+
+	// Rotation through the keyring: b primary, a kept.
+	writeKeyring(t, ring, b, a)
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	deadline := time.Now().Add(20 * time.Second)
+	for status_(t, d).KeyId == stA.KeyId {
+		if time.Now().After(deadline) {
+			t.Fatalf("SIGHUP did not rotate:\n%s", d.stderr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	stB := status_(t, d)
+	encB, err := d.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: seed})
+	if err != nil || encB.KeyId != stB.KeyId {
+		t.Fatalf("Encrypt after rotation: %v", err)
+	}
+
+	// SIGTERM with a client still connected: exit 0, socket gone.
+	if code := d.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatal("socket left after SIGTERM")
+	}
+	logs := d.stderr.String()
+	for _, k := range [][]byte{a, b} {
+		if strings.Contains(logs, base64.StdEncoding.EncodeToString(k)) {
+			t.Fatal("key material in the log")
+		}
+	}
+	for _, want := range []string{"KEK loaded", "primary KEK changed", "shutting down"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %q:\n%s", want, logs)
+		}
+	}
+
+	// A new process: same key ids, everything written before decrypts.
+	d2 := startDaemon(t, sock, args...)
+	if st := status_(t, d2); st.KeyId != stB.KeyId {
+		t.Fatalf("key_id changed across restart: %s -> %s", stB.KeyId, st.KeyId)
+	}
+	for _, enc := range []*v2.EncryptResponse{encA, encB} {
+		dec, err := d2.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId})
+		if err != nil || !bytes.Equal(dec.Plaintext, seed) {
+			t.Fatalf("after restart, %s: %v", enc.KeyId, err)
+		}
+	}
+	dec, err := d2.v1.Decrypt(ctx, &v1beta1.DecryptRequest{Version: "v1beta1", Cipher: v1A.Cipher})
+	if err != nil || !bytes.Equal(dec.Plain, seed) {
+		t.Fatalf("v1 after restart: %v", err)
+	}
+	if code := d2.stop(t, syscall.SIGINT); code != 0 {
+		t.Fatalf("SIGINT: exit %d", code)
+	}
+}
+
+// The 2018 setup: a raw key on stdout and ciphertexts without a header.
+func TestRawKEKReadsLegacyCiphertexts(t *testing.T) {
+	dir := shortDir(t)
+	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
+	key := newKey()
+	os.WriteFile(raw, key, 0o600)
+	d := startDaemon(t, sock, "--command", "cat "+raw, "--mode", "aescbc")
+
+	block, _ := aes.NewCipher(key)
+	iv := make([]byte, 16)
+	rand.Read(iv)
+	body := append([]byte("a DEK written by the 2018 daemon"), bytes.Repeat([]byte{16}, 16)...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(body, body)
+	legacy := append(append([]byte(":ck:aescbc:v1:"), iv...), body...)
+	dec, err := d.v1.Decrypt(context.Background(), &v1beta1.DecryptRequest{Version: "v1beta1", Cipher: legacy})
+	if err != nil || string(dec.Plain) != "a DEK written by the 2018 daemon" {
+		t.Fatalf("legacy: %v", err)
+	}
+	enc, _ := d.v1.Encrypt(context.Background(), &v1beta1.EncryptRequest{Version: "v1beta1", Plain: []byte("x")})
+	if !bytes.HasPrefix(enc.Cipher, []byte(":ck:v2:aescbc:")) {
+		t.Fatalf("--mode aescbc wrote %q", enc.Cipher[:14])
+	}
+}
+
+func TestSocketRules(t *testing.T) {
+	dir := shortDir(t)
+	ring := filepath.Join(dir, "keyring")
+	writeKeyring(t, ring, newKey())
+
+	// A stale socket (its owner died) is replaced.
+	sock := filepath.Join(dir, "kms.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	d := startDaemon(t, sock, "--command", "cat "+ring, "--socket-mode", "0660")
+	if fi, _ := os.Stat(sock); fi.Mode().Perm() != 0o660 {
+		t.Fatalf("--socket-mode 0660 gave %v", fi.Mode().Perm())
+	}
+
+	// A live one is not.
+	code, out := runToExit(t, "--command", "cat "+ring, "--endpoint", "unix://"+sock)
+	if code != 1 || !strings.Contains(out, "another process is listening") {
+		t.Fatalf("second daemon: exit %d %q", code, out)
+	}
+	status_(t, d) // the first still serves
+}
+
+// systemd socket activation: fd 3, LISTEN_FDS=1, LISTEN_PID = the daemon.
+func TestSystemdActivation(t *testing.T) {
+	dir := shortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	writeKeyring(t, ring, newKey())
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	f, _ := l.File()
+	l.Close()
+	// The shell's pid survives exec, so LISTEN_PID can name the daemon.
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, kmsBin, "--command", "cat "+ring)
+	cmd.ExtraFiles = []*os.File{f}
+	d := launch(t, cmd)
+	f.Close()
+	d.connect(t, sock)
+	if code := d.stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatal("kms removed systemd's socket")
+	}
+}
