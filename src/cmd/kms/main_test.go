@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -48,108 +47,27 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// shortDir: socket paths must stay under 108 bytes, and TMPDIR under Bazel
-// is long, so this uses the system temp dir directly.
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type daemon struct {
-	cmd    *exec.Cmd
-	sock   string
-	stderr *syncBuf
-	exited chan struct{}
-	v1     v1beta1.KeyManagementServiceClient
-	v2     v2.KeyManagementServiceClient
+	*testbin.Daemon
+	v1 v1beta1.KeyManagementServiceClient
+	v2 v2.KeyManagementServiceClient
 }
 
-// startDaemon runs kms and waits until v2 Status answers.
+// startDaemon runs kms on sock and connects both API clients.
 func startDaemon(t *testing.T, sock string, args ...string) *daemon {
 	t.Helper()
-	if sock != "" {
-		args = append(args, "--endpoint", "unix://"+sock)
-	}
-	d := launch(t, exec.Command(kmsBin, args...))
-	d.sock = sock
-	d.connect(t, sock)
-	return d
+	d := testbin.Start(t, exec.Command(kmsBin, append(args, "--endpoint", "unix://"+sock)...))
+	return connect(t, d, sock)
 }
 
-func launch(t *testing.T, cmd *exec.Cmd) *daemon {
-	t.Helper()
-	d := &daemon{cmd: cmd, stderr: &syncBuf{}, exited: make(chan struct{})}
-	cmd.Stderr = d.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { cmd.Wait(); close(d.exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-d.exited
-	})
-	return d
-}
-
-func (d *daemon) connect(t *testing.T, sock string) {
+func connect(t *testing.T, d *testbin.Daemon, sock string) *daemon {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	d.v1, d.v2 = v1beta1.NewKeyManagementServiceClient(conn), v2.NewKeyManagementServiceClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		_, err := d.v2.Status(ctx, &v2.StatusRequest{})
-		cancel()
-		if err == nil {
-			return
-		}
-		select {
-		case <-d.exited:
-			t.Fatalf("kms exited: %v\n%s", d.cmd.ProcessState, d.stderr)
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("kms not serving: %v\n%s", err, d.stderr)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// stop sends sig and returns the exit code.
-func (d *daemon) stop(t *testing.T, sig syscall.Signal) int {
-	t.Helper()
-	d.cmd.Process.Signal(sig)
-	select {
-	case <-d.exited:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("kms did not stop on %v:\n%s", sig, d.stderr)
-	}
-	return d.cmd.ProcessState.ExitCode()
+	return &daemon{d, v1beta1.NewKeyManagementServiceClient(conn), v2.NewKeyManagementServiceClient(conn)}
 }
 
 // runToExit runs kms expecting it to exit by itself.
@@ -184,7 +102,7 @@ func writeKeyring(t *testing.T, path string, keys ...[]byte) {
 	}
 }
 
-func status_(t *testing.T, d *daemon) *v2.StatusResponse {
+func keyStatus(t *testing.T, d *daemon) *v2.StatusResponse {
 	t.Helper()
 	st, err := d.v2.Status(context.Background(), &v2.StatusRequest{})
 	if err != nil {
@@ -228,7 +146,7 @@ func TestFlags(t *testing.T) {
 }
 
 func TestStartFailures(t *testing.T) {
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 	sock := filepath.Join(dir, "kms.sock")
 	for _, tc := range []struct {
 		args []string
@@ -253,7 +171,7 @@ func TestStartFailures(t *testing.T) {
 // bad input, stop on SIGTERM, and after a restart read what it wrote.
 func TestDaemonLifecycle(t *testing.T) {
 	ctx := context.Background()
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	a, b := newKey(), newKey()
 	writeKeyring(t, ring, a)
@@ -267,7 +185,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	if v, err := d.v1.Version(ctx, &v1beta1.VersionRequest{Version: "v1beta1"}); err != nil || v.Version != "v1beta1" {
 		t.Fatalf("v1 Version: %v", err)
 	}
-	stA := status_(t, d)
+	stA := keyStatus(t, d)
 	seed := []byte("0123456789abcdef0123456789abcdef")
 	encA, err := d.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: seed})
 	if err != nil || encA.KeyId != stA.KeyId {
@@ -286,28 +204,28 @@ func TestDaemonLifecycle(t *testing.T) {
 
 	// Rotation through the keyring: b primary, a kept.
 	writeKeyring(t, ring, b, a)
-	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(20 * time.Second)
-	for status_(t, d).KeyId == stA.KeyId {
+	for keyStatus(t, d).KeyId == stA.KeyId {
 		if time.Now().After(deadline) {
-			t.Fatalf("SIGHUP did not rotate:\n%s", d.stderr)
+			t.Fatalf("SIGHUP did not rotate:\n%s", d.Stderr())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	stB := status_(t, d)
+	stB := keyStatus(t, d)
 	encB, err := d.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: seed})
 	if err != nil || encB.KeyId != stB.KeyId {
 		t.Fatalf("Encrypt after rotation: %v", err)
 	}
 
 	// SIGTERM with a client still connected: exit 0, socket gone.
-	if code := d.stop(t, syscall.SIGTERM); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.Stderr())
 	}
 	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Fatal("socket left after SIGTERM")
 	}
-	logs := d.stderr.String()
+	logs := d.Stderr()
 	for _, k := range [][]byte{a, b} {
 		if strings.Contains(logs, base64.StdEncoding.EncodeToString(k)) {
 			t.Fatal("key material in the log")
@@ -321,7 +239,7 @@ func TestDaemonLifecycle(t *testing.T) {
 
 	// A new process: same key ids, everything written before decrypts.
 	d2 := startDaemon(t, sock, args...)
-	if st := status_(t, d2); st.KeyId != stB.KeyId {
+	if st := keyStatus(t, d2); st.KeyId != stB.KeyId {
 		t.Fatalf("key_id changed across restart: %s -> %s", stB.KeyId, st.KeyId)
 	}
 	for _, enc := range []*v2.EncryptResponse{encA, encB} {
@@ -334,14 +252,14 @@ func TestDaemonLifecycle(t *testing.T) {
 	if err != nil || !bytes.Equal(dec.Plain, seed) {
 		t.Fatalf("v1 after restart: %v", err)
 	}
-	if code := d2.stop(t, syscall.SIGINT); code != 0 {
+	if code := d2.Stop(t, syscall.SIGINT); code != 0 {
 		t.Fatalf("SIGINT: exit %d", code)
 	}
 }
 
 // The 2018 setup: a raw key on stdout and ciphertexts without a header.
 func TestRawKEKReadsLegacyCiphertexts(t *testing.T) {
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
 	key := newKey()
 	os.WriteFile(raw, key, 0o600)
@@ -364,7 +282,7 @@ func TestRawKEKReadsLegacyCiphertexts(t *testing.T) {
 }
 
 func TestSocketRules(t *testing.T) {
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 	ring := filepath.Join(dir, "keyring")
 	writeKeyring(t, ring, newKey())
 
@@ -386,12 +304,12 @@ func TestSocketRules(t *testing.T) {
 	if code != 1 || !strings.Contains(out, "another process is listening") {
 		t.Fatalf("second daemon: exit %d %q", code, out)
 	}
-	status_(t, d) // the first still serves
+	keyStatus(t, d) // the first still serves
 }
 
 // systemd socket activation: fd 3, LISTEN_FDS=1, LISTEN_PID = the daemon.
 func TestSystemdActivation(t *testing.T) {
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	writeKeyring(t, ring, newKey())
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
@@ -404,11 +322,10 @@ func TestSystemdActivation(t *testing.T) {
 	// The shell's pid survives exec, so LISTEN_PID can name the daemon.
 	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, kmsBin, "--command", "cat "+ring)
 	cmd.ExtraFiles = []*os.File{f}
-	d := launch(t, cmd)
+	d := connect(t, testbin.Start(t, cmd), sock)
 	f.Close()
-	d.connect(t, sock)
-	if code := d.stop(t, syscall.SIGTERM); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, d.stderr)
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.Stderr())
 	}
 	if _, err := os.Stat(sock); err != nil {
 		t.Fatal("kms removed systemd's socket")

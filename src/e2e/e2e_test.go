@@ -1,0 +1,380 @@
+// Package e2e drives the real kms daemon with kube-apiserver's own
+// encryption-at-rest code (k8s.io/apiserver). It must not import
+// github.com/cmdkms/kms/proto/...: k8s.io/kms registers the same proto
+// names and the two registrations would conflict.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/features"
+	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
+	"k8s.io/apiserver/pkg/storage/value"
+	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope"
+	envelopekmsv2 "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2"
+	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	featuregatetesting "k8s.io/component-base/featuregate/testing"
+
+	"github.com/cmdkms/kms/src/internal/testbin"
+)
+
+const secretsPerAPI = 1000
+
+var (
+	kmsBin  string
+	secrets = schema.GroupResource{Resource: "secrets"}
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kms")
+	if err != nil {
+		panic(err)
+	}
+	kmsBin, err = testbin.KMS(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// keyID is the README's key_id rule, computed here independently.
+func keyID(key []byte) string {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte("cmdkms key id v1"))
+	return "kek1-" + hex.EncodeToString(m.Sum(nil)[:16])
+}
+
+func newKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+func writeKeyring(t *testing.T, path string, keys ...[]byte) {
+	t.Helper()
+	text := "kms-keyring v1\n"
+	for _, k := range keys {
+		text += base64.StdEncoding.EncodeToString(k) + "\n"
+	}
+	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// encryptionConfig writes an EncryptionConfiguration for secrets; the first
+// provider writes, all of them read.
+func encryptionConfig(t *testing.T, dir, name, endpoint string, v1First bool) string {
+	t.Helper()
+	v2p := fmt.Sprintf("  - kms:\n      apiVersion: v2\n      name: kms2\n      endpoint: %s\n      timeout: 10s\n", endpoint)
+	v1p := fmt.Sprintf("  - kms:\n      apiVersion: v1\n      name: kms1\n      endpoint: %s\n      timeout: 10s\n      cachesize: 100\n", endpoint)
+	providers := v2p + v1p
+	if v1First {
+		providers = v1p + v2p
+	}
+	text := "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n" +
+		"- resources: [secrets]\n  providers:\n" + providers
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// apiserver is what one kube-apiserver process would hold: the transformer
+// for secrets, built from a config file the way the API server builds it.
+type apiserver struct {
+	tr     value.Transformer
+	checks *encryptionconfig.EncryptionConfiguration
+}
+
+func load(t *testing.T, path string) *apiserver {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	cfg, err := encryptionconfig.LoadEncryptionConfig(ctx, path, false, "e2e")
+	if err != nil {
+		t.Fatalf("LoadEncryptionConfig: %v", err)
+	}
+	return &apiserver{tr: cfg.Transformers[secrets], checks: cfg}
+}
+
+func (a *apiserver) healthy(t *testing.T) {
+	t.Helper()
+	for _, c := range a.checks.HealthChecks {
+		if err := c.Check(httptest.NewRequest("GET", "/healthz", nil)); err != nil {
+			t.Fatalf("health check %s: %v", c.Name(), err)
+		}
+	}
+}
+
+type object struct {
+	key   string
+	plain []byte
+	// stored is what etcd would hold.
+	stored []byte
+}
+
+func (a *apiserver) write(t *testing.T, prefix string, n int) []object {
+	t.Helper()
+	ctx := context.Background()
+	objs := make([]object, n)
+	for i := range objs {
+		o := &objs[i]
+		o.key = fmt.Sprintf("/registry/secrets/e2e/%s-%d", prefix, i)
+		o.plain = fmt.Appendf(nil, `{"kind":"Secret","metadata":{"name":"%s-%d"},"data":{"k":"%x"}}`, prefix, i, newKey())
+		var err error
+		o.stored, err = a.tr.TransformToStorage(ctx, o.plain, value.DefaultContext(o.key))
+		if err != nil {
+			t.Fatalf("TransformToStorage %s: %v", o.key, err)
+		}
+	}
+	return objs
+}
+
+func (a *apiserver) readAll(t *testing.T, what string, objs []object) {
+	t.Helper()
+	ctx := context.Background()
+	for _, o := range objs {
+		got, _, err := a.tr.TransformFromStorage(ctx, o.stored, value.DefaultContext(o.key))
+		if err != nil || !bytes.Equal(got, o.plain) {
+			t.Fatalf("%s: TransformFromStorage %s: %v", what, o.key, err)
+		}
+	}
+}
+
+// storedKeyID says which KEK protects an object, from the bytes etcd holds:
+// KMS v2 keeps the key_id in its EncryptedObject; KMS v1 keeps our
+// ciphertext of the DEK, whose header names the key (README "Ciphertext format").
+func storedKeyID(t *testing.T, stored []byte) string {
+	t.Helper()
+	if rest, ok := bytes.CutPrefix(stored, []byte("k8s:enc:kms:v2:kms2:")); ok {
+		var eo kmstypes.EncryptedObject
+		if err := proto.Unmarshal(rest, &eo); err != nil {
+			t.Fatal(err)
+		}
+		return eo.KeyID
+	}
+	if rest, ok := bytes.CutPrefix(stored, []byte("k8s:enc:kms:v1:kms1:")); ok {
+		dek := rest[2 : 2+binary.BigEndian.Uint16(rest)]
+		if !bytes.HasPrefix(dek, []byte(":ck:v2:aesgcm:")) {
+			t.Fatalf("v1 DEK ciphertext has header %q", dek[:14])
+		}
+		return "kek1-" + hex.EncodeToString(dek[14:30])
+	}
+	t.Fatalf("object is not KMS-encrypted: %.30q", stored)
+	return ""
+}
+
+func countKeyIDs(t *testing.T, objs []object) map[string]int {
+	ids := map[string]int{}
+	for _, o := range objs {
+		ids[storedKeyID(t, o.stored)]++
+	}
+	return ids
+}
+
+func startKMS(t *testing.T, sock string, args ...string) *testbin.Daemon {
+	return testbin.Start(t, exec.Command(kmsBin, append(args, "--endpoint", "unix://"+sock)...))
+}
+
+func TestKubeAPIServerEncryption(t *testing.T) {
+	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
+	dir := testbin.ShortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	endpoint := "unix://" + sock
+	a, b := newKey(), newKey()
+	writeKeyring(t, ring, a)
+	args := []string{"--command", "cat " + ring}
+	d := startKMS(t, sock, args...)
+
+	v2Path := encryptionConfig(t, dir, "v2.yaml", endpoint, false)
+	v1Path := encryptionConfig(t, dir, "v1.yaml", endpoint, true)
+	api2, api1 := load(t, v2Path), load(t, v1Path)
+	api2.healthy(t)
+	api1.healthy(t)
+
+	began := time.Now()
+	objs := append(api2.write(t, "v2", secretsPerAPI), api1.write(t, "v1", secretsPerAPI)...)
+	t.Logf("wrote %d secrets (%d via KMS v2, %d via KMS v1) in %v", len(objs), secretsPerAPI, secretsPerAPI, time.Since(began))
+	if ids := countKeyIDs(t, objs); ids[keyID(a)] != len(objs) {
+		t.Fatalf("key ids before rotation: %v, want all %s", ids, keyID(a))
+	}
+	t.Logf("key_id before rotation: %s (all %d objects)", keyID(a), len(objs))
+
+	// Restart the daemon. The running "API servers" reconnect; new ones
+	// start with cold caches, so every DEK goes through the new process.
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("kms exit %d:\n%s", code, d.Stderr())
+	}
+	d = startKMS(t, sock, args...)
+	api2.readAll(t, "running v2 API server after restart", objs)
+	api1.readAll(t, "running v1 API server after restart", objs)
+	fresh := load(t, v2Path)
+	fresh.healthy(t)
+	fresh.readAll(t, "new API server after restart", objs)
+	t.Logf("read back %d secrets after the daemon restarted", len(objs))
+
+	// Rotate: b becomes primary, a stays listed; a third, 2018-era key joins
+	// as decrypt-only (see the legacy vectors below).
+	writeKeyring(t, ring, b, a, legacyVectors[1].key())
+	d.Signal(syscall.SIGHUP)
+	status := v2Status(t, endpoint)
+	deadline := time.Now().Add(30 * time.Second)
+	for status.KeyID != keyID(b) {
+		if time.Now().After(deadline) {
+			t.Fatalf("Status key_id still %s after SIGHUP:\n%s", status.KeyID, d.Stderr())
+		}
+		time.Sleep(50 * time.Millisecond)
+		status = v2Status(t, endpoint)
+	}
+	// kube-apiserver notices a new key_id on its next Status probe (every
+	// minute); a new API server process (or config reload) notices at once.
+	rot2, rot1 := load(t, v2Path), load(t, v1Path)
+	rot2.healthy(t)
+	rot1.healthy(t)
+	newObjs := append(rot2.write(t, "v2-rotated", 100), rot1.write(t, "v1-rotated", 100)...)
+	if ids := countKeyIDs(t, newObjs); ids[keyID(b)] != len(newObjs) {
+		t.Fatalf("key ids after rotation: %v, want all %s", ids, keyID(b))
+	}
+	t.Logf("key_id after rotation: %s (all %d new objects); old objects keep %s", keyID(b), len(newObjs), keyID(a))
+	rot2.readAll(t, "after rotation, old objects", objs)
+	rot2.readAll(t, "after rotation, new objects", newObjs)
+	api1.readAll(t, "running v1 API server after rotation", newObjs)
+
+	// And after one more restart, with a still listed.
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("kms exit %d", code)
+	}
+	d = startKMS(t, sock, args...)
+	last := load(t, v2Path)
+	last.healthy(t)
+	last.readAll(t, "after rotation and restart", append(objs, newObjs...))
+
+	// 2018 ciphertexts of DEKs decrypt through kube-apiserver's v1 client.
+	svc, err := envelope.NewGRPCService(context.Background(), endpoint, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range legacyVectors[1:] {
+		p, err := svc.Decrypt(v.ciphertext())
+		if err != nil || string(p) != v.plain {
+			t.Fatalf("legacy vector %d: %q, %v", i+1, p, err)
+		}
+	}
+	if strings.Contains(d.Stderr(), base64.StdEncoding.EncodeToString(a)) {
+		t.Fatal("key material in the daemon log")
+	}
+}
+
+func v2Status(t *testing.T, endpoint string) struct{ KeyID, Healthz string } {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svc, err := envelopekmsv2.NewGRPCService(ctx, endpoint, "status-probe", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := svc.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return struct{ KeyID, Healthz string }{st.KeyID, st.Healthz}
+}
+
+// The 2018 format: ":ck:aescbc:v1:" ‖ IV ‖ AES-CBC(PKCS#7(plain)) under
+// the raw KEK. The hex was made with openssl; legacyEncrypt is a tiny
+// independent encoder that must agree with it.
+type legacyVector struct{ keyHex, ivHex, plain, bodyHex string }
+
+var legacyVectors = []legacyVector{
+	{"404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f", "000102030405060708090a0b0c0d0e0f",
+		"a 32-byte data encryption key!!!",
+		"f7a4c89ebef8c0c98baf8b3e731608b060b06e5ccd3e01db3e7f83eb635642f187662b5342a2491ced366cd05a9fcd8f"},
+	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "hello 2018", "8de8683a2e12cfe4c2156e8b5b648197"},
+}
+
+func unhex(s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+func (v legacyVector) key() []byte { return unhex(v.keyHex) }
+
+func (v legacyVector) ciphertext() []byte {
+	return append(append([]byte(":ck:aescbc:v1:"), unhex(v.ivHex)...), unhex(v.bodyHex)...)
+}
+
+func legacyEncrypt(key, iv, plain []byte) []byte {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err)
+	}
+	n := 16 - len(plain)%16
+	padded := append(bytes.Clone(plain), bytes.Repeat([]byte{byte(n)}, n)...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(padded, padded)
+	return append(append([]byte(":ck:aescbc:v1:"), iv...), padded...)
+}
+
+// A daemon started exactly as in 2018 (raw 32-byte KEK on stdout) reads
+// the 2018 daemon's ciphertexts, through kube-apiserver's KMS v1 client.
+func TestLegacyVectorsWithRawKEK(t *testing.T) {
+	for i, v := range legacyVectors {
+		if !bytes.Equal(legacyEncrypt(v.key(), unhex(v.ivHex), []byte(v.plain)), v.ciphertext()) {
+			t.Fatalf("vector %d: the independent encoder disagrees with openssl", i)
+		}
+	}
+	dir := testbin.ShortDir(t)
+	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
+	v := legacyVectors[0]
+	os.WriteFile(raw, v.key(), 0o600)
+	startKMS(t, sock, "--command", "cat "+raw)
+	svc, err := envelope.NewGRPCService(context.Background(), "unix://"+sock, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := svc.Decrypt(v.ciphertext())
+	if err != nil || string(p) != v.plain {
+		t.Fatalf("legacy vector: %q, %v", p, err)
+	}
+	// Random DEKs from the independent encoder too.
+	for range 50 {
+		dek, iv := newKey(), newKey()[:16]
+		p, err := svc.Decrypt(legacyEncrypt(v.key(), iv, dek))
+		if err != nil || !bytes.Equal(p, dek) {
+			t.Fatalf("legacy DEK: %v", err)
+		}
+	}
+	if got := v2Status(t, "unix://"+sock).KeyID; got != keyID(v.key()) {
+		t.Fatalf("raw KEK key_id %s, want %s", got, keyID(v.key()))
+	}
+}
