@@ -291,6 +291,30 @@ func TestHungRefreshIsPurgedOnTime(t *testing.T) {
 	}
 }
 
+// Garbage from a later run is an error like any other: the cached keys
+// keep serving, and the garbage (stdout) is not logged.
+func TestGarbageOnRefreshKeepsServing(t *testing.T) {
+	dir := t.TempDir()
+	path, garbage := filepath.Join(dir, "keyring"), filepath.Join(dir, "garbage")
+	key := newKey(t)
+	writeKeyring(t, path, key)
+	s, logs := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then echo GARBAGE-ON-STDOUT; exit 0; fi; cat %s", garbage, path)})
+	os.WriteFile(garbage, nil, 0o600)
+	s.Refresh()
+	waitFor(t, "the failed refresh", func() bool { return logs.count("KEK refresh failed;") == 1 })
+	if !strings.Contains(logs.String(), "KEK output is 18 bytes") || strings.Contains(logs.String(), "GARBAGE") {
+		t.Fatalf("log:\n%s", logs)
+	}
+	if s.Keys() == nil || s.Keys().Primary().KeyID != idOf(t, key) {
+		t.Fatal("cached keys were dropped")
+	}
+	s.Close()
+	s.Close()
+	if s.Keys() != nil {
+		t.Fatal("keys survive Close")
+	}
+}
+
 // Requests read the keys while a slow refresh runs, without waiting.
 func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 	dir := t.TempDir()

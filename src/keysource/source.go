@@ -94,6 +94,7 @@ func (s *Source) Refresh() {
 }
 
 // Close stops refreshing, kills a running command and drops the keys.
+// Calling it again does nothing.
 func (s *Source) Close() {
 	s.stop()
 	<-s.done

@@ -114,6 +114,7 @@ func serve(cfg *config, log *slog.Logger) error {
 		gs.Stop()
 		<-stopped
 	}
-	log.Info("stopped; socket removed, keys dropped")
+	keys.Close()
+	log.Info("stopped: socket removed, keys dropped")
 	return nil
 }
