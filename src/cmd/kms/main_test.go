@@ -156,6 +156,7 @@ func TestStartFailures(t *testing.T) {
 		{[]string{"--command", "echo short", "--endpoint", "unix://" + sock}, "KEK output is 6 bytes"},
 		{[]string{"--command", "true", "--endpoint", "unix://" + dir + "/missing/kms.sock"}, "does not exist"},
 		{[]string{"--command", "true"}, "LISTEN_FDS is not set"},
+		{[]string{"--command", "exit 1", "--log-format", "json", "--endpoint", "unix://" + sock}, `"level":"ERROR","msg":"kms stopped"`},
 	} {
 		code, out := runToExit(t, tc.args...)
 		if code != 1 || !strings.Contains(out, tc.want) {
