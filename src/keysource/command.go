@@ -21,6 +21,13 @@ const (
 	maxStderr = 2 << 10
 )
 
+// Run's errors wrap these, so callers can tell a hung or runaway command
+// (e.g. for metrics) from one that failed.
+var (
+	ErrTimeout       = errors.New("command did not finish")
+	ErrTooMuchOutput = fmt.Errorf("command printed more than %d bytes", MaxOutput)
+)
+
 // DefaultShell runs commands when it exists (see Argv).
 const DefaultShell = "/bin/sh"
 
@@ -89,17 +96,17 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 	stderr = errOut.String()
 	fail := func(format string, args ...any) ([]byte, string, error) {
 		clear(buf)
-		msg := fmt.Sprintf(format, args...)
+		err := fmt.Errorf(format, args...)
 		if stderr != "" {
-			msg += "; stderr: " + stderr
+			err = fmt.Errorf("%w; stderr: %s", err, stderr)
 		}
-		return nil, stderr, errors.New(msg)
+		return nil, stderr, err
 	}
 	switch {
 	case readErr == nil:
-		return fail("command printed more than %d bytes", MaxOutput)
+		return fail("%w", ErrTooMuchOutput)
 	case ctx.Err() == context.DeadlineExceeded:
-		return fail("command did not finish within %v; killed its process group", timeout)
+		return fail("%w within %v; killed its process group", ErrTimeout, timeout)
 	case waitErr != nil:
 		return fail("command failed: %v", waitErr)
 	case readErr != io.ErrUnexpectedEOF && readErr != io.EOF:

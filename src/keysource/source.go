@@ -38,7 +38,39 @@ type Config struct {
 	// CommandTimeout bounds one run; its process group is then killed.
 	CommandTimeout time.Duration
 	Log            *slog.Logger
+	// Hooks, if set, hears of every run and every change of the keys
+	// (metrics, health). It is called from the refresh loop: it must not block.
+	Hooks Hooks
 }
+
+// Hooks is told what happens to the keys.
+type Hooks interface {
+	// CommandRan reports one run of the command and when it ended.
+	CommandRan(o Outcome, took time.Duration, end time.Time)
+	// KeysChanged reports the keys now served; nil means purged.
+	KeysChanged(set *codec.Set)
+}
+
+// Outcome is how a run of the command ended.
+type Outcome string
+
+const (
+	OutcomeSuccess Outcome = "success"
+	// OutcomeFailed: it could not start or exited non-zero.
+	OutcomeFailed Outcome = "failed"
+	// OutcomeTimeout: it ran past CommandTimeout and was killed.
+	OutcomeTimeout Outcome = "timeout"
+	// OutcomeInvalidOutput: it succeeded but printed no valid KEK.
+	OutcomeInvalidOutput Outcome = "invalid_output"
+)
+
+// Outcomes lists every Outcome, for metrics that export all of them.
+var Outcomes = []Outcome{OutcomeSuccess, OutcomeFailed, OutcomeTimeout, OutcomeInvalidOutput}
+
+type noHooks struct{}
+
+func (noHooks) CommandRan(Outcome, time.Duration, time.Time) {}
+func (noHooks) KeysChanged(*codec.Set)                       {}
 
 // Source holds the current keys. Its methods are safe for concurrent use.
 type Source struct {
@@ -55,6 +87,9 @@ type Source struct {
 func Start(cfg Config) (*Source, error) {
 	if cfg.Shell == "" {
 		cfg.Shell = DefaultShell
+	}
+	if cfg.Hooks == nil {
+		cfg.Hooks = noHooks{}
 	}
 	if cfg.Timeout <= 0 || cfg.CommandTimeout <= 0 {
 		return nil, errors.New("keysource: Timeout and CommandTimeout must be positive")
@@ -75,7 +110,7 @@ func Start(cfg Config) (*Source, error) {
 		return nil, err
 	}
 	set := codec.NewSet(keys)
-	s.keys.Store(set)
+	s.setKeys(set)
 	cfg.Log.Info("KEK loaded", "primary_key_id", set.Primary().KeyID, "keys", len(keys), "valid_for", cfg.Timeout)
 	go s.loop(ctx)
 	return s, nil
@@ -98,13 +133,40 @@ func (s *Source) Refresh() {
 func (s *Source) Close() {
 	s.stop()
 	<-s.done
-	s.keys.Store(nil)
+	s.setKeys(nil)
+}
+
+func (s *Source) setKeys(set *codec.Set) {
+	s.keys.Store(set)
+	s.cfg.Hooks.KeysChanged(set)
 }
 
 // fetch runs the command and sets up a cipher for each key it printed,
 // primary first. The raw key bytes are wiped before it returns: the
 // ciphers keep their own key schedules.
 func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
+	start := time.Now()
+	keys, err := s.fetchKeys(ctx)
+	end := time.Now()
+	o := OutcomeSuccess
+	switch {
+	case errors.Is(err, ErrTimeout):
+		o = OutcomeTimeout
+	case errors.Is(err, ErrTooMuchOutput), errors.As(err, new(*outputError)):
+		o = OutcomeInvalidOutput
+	case err != nil:
+		o = OutcomeFailed
+	}
+	s.cfg.Hooks.CommandRan(o, end.Sub(start), end)
+	return keys, err
+}
+
+// outputError marks a run that succeeded but printed no usable KEK.
+type outputError struct{ error }
+
+func (e *outputError) Unwrap() error { return e.error }
+
+func (s *Source) fetchKeys(ctx context.Context) ([]*codec.Key, error) {
 	out, stderr, err := Run(ctx, s.argv, s.cfg.CommandTimeout)
 	if err != nil {
 		return nil, err
@@ -115,14 +177,14 @@ func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
 	ring, err := kek.Parse(out)
 	clear(out)
 	if err != nil {
-		return nil, err
+		return nil, &outputError{err}
 	}
 	defer ring.Wipe()
 	keys := make([]*codec.Key, 0, len(ring.Keys))
 	for _, k := range ring.Keys {
 		ck, err := codec.NewKey(k)
 		if err != nil {
-			return nil, err
+			return nil, &outputError{err}
 		}
 		keys = append(keys, ck)
 	}
@@ -145,7 +207,7 @@ func (s *Source) install(fresh []*codec.Key) (old *codec.Set) {
 			}
 		}
 	}
-	s.keys.Store(codec.NewSet(keys))
+	s.setKeys(codec.NewSet(keys))
 	return old
 }
 
@@ -204,7 +266,7 @@ func (s *Source) loop(ctx context.Context) {
 		case <-expiry.C:
 			if !purged {
 				purged = true
-				s.keys.Store(nil)
+				s.setKeys(nil)
 				log.Error("KEK purged: the command has not succeeded within the timeout; "+
 					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", failures)
 			}
