@@ -7,7 +7,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: v1beta1/api.proto
+// source: proto/v1beta1/api.proto
 
 package v1beta1
 
@@ -36,7 +36,7 @@ type VersionRequest struct {
 
 func (x *VersionRequest) Reset() {
 	*x = VersionRequest{}
-	mi := &file_v1beta1_api_proto_msgTypes[0]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +48,7 @@ func (x *VersionRequest) String() string {
 func (*VersionRequest) ProtoMessage() {}
 
 func (x *VersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[0]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +61,7 @@ func (x *VersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionRequest.ProtoReflect.Descriptor instead.
 func (*VersionRequest) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{0}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *VersionRequest) GetVersion() string {
@@ -82,7 +82,7 @@ type VersionResponse struct {
 
 func (x *VersionResponse) Reset() {
 	*x = VersionResponse{}
-	mi := &file_v1beta1_api_proto_msgTypes[1]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -94,7 +94,7 @@ func (x *VersionResponse) String() string {
 func (*VersionResponse) ProtoMessage() {}
 
 func (x *VersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[1]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -107,7 +107,7 @@ func (x *VersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionResponse.ProtoReflect.Descriptor instead.
 func (*VersionResponse) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{1}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *VersionResponse) GetVersion() string {
@@ -141,7 +141,7 @@ type DecryptRequest struct {
 
 func (x *DecryptRequest) Reset() {
 	*x = DecryptRequest{}
-	mi := &file_v1beta1_api_proto_msgTypes[2]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -153,7 +153,7 @@ func (x *DecryptRequest) String() string {
 func (*DecryptRequest) ProtoMessage() {}
 
 func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[2]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -166,7 +166,7 @@ func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptRequest.ProtoReflect.Descriptor instead.
 func (*DecryptRequest) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{2}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DecryptRequest) GetVersion() string {
@@ -192,7 +192,7 @@ type DecryptResponse struct {
 
 func (x *DecryptResponse) Reset() {
 	*x = DecryptResponse{}
-	mi := &file_v1beta1_api_proto_msgTypes[3]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -204,7 +204,7 @@ func (x *DecryptResponse) String() string {
 func (*DecryptResponse) ProtoMessage() {}
 
 func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[3]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -217,7 +217,7 @@ func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptResponse.ProtoReflect.Descriptor instead.
 func (*DecryptResponse) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{3}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DecryptResponse) GetPlain() []byte {
@@ -237,7 +237,7 @@ type EncryptRequest struct {
 
 func (x *EncryptRequest) Reset() {
 	*x = EncryptRequest{}
-	mi := &file_v1beta1_api_proto_msgTypes[4]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +249,7 @@ func (x *EncryptRequest) String() string {
 func (*EncryptRequest) ProtoMessage() {}
 
 func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[4]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +262,7 @@ func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptRequest.ProtoReflect.Descriptor instead.
 func (*EncryptRequest) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{4}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EncryptRequest) GetVersion() string {
@@ -288,7 +288,7 @@ type EncryptResponse struct {
 
 func (x *EncryptResponse) Reset() {
 	*x = EncryptResponse{}
-	mi := &file_v1beta1_api_proto_msgTypes[5]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -300,7 +300,7 @@ func (x *EncryptResponse) String() string {
 func (*EncryptResponse) ProtoMessage() {}
 
 func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v1beta1_api_proto_msgTypes[5]
+	mi := &file_proto_v1beta1_api_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -313,7 +313,7 @@ func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptResponse.ProtoReflect.Descriptor instead.
 func (*EncryptResponse) Descriptor() ([]byte, []int) {
-	return file_v1beta1_api_proto_rawDescGZIP(), []int{5}
+	return file_proto_v1beta1_api_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EncryptResponse) GetCipher() []byte {
@@ -323,11 +323,11 @@ func (x *EncryptResponse) GetCipher() []byte {
 	return nil
 }
 
-var File_v1beta1_api_proto protoreflect.FileDescriptor
+var File_proto_v1beta1_api_proto protoreflect.FileDescriptor
 
-const file_v1beta1_api_proto_rawDesc = "" +
+const file_proto_v1beta1_api_proto_rawDesc = "" +
 	"\n" +
-	"\x11v1beta1/api.proto\x12\av1beta1\"*\n" +
+	"\x17proto/v1beta1/api.proto\x12\av1beta1\"*\n" +
 	"\x0eVersionRequest\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\"w\n" +
 	"\x0fVersionResponse\x12\x18\n" +
@@ -350,19 +350,19 @@ const file_v1beta1_api_proto_rawDesc = "" +
 	"\aEncrypt\x12\x17.v1beta1.EncryptRequest\x1a\x18.v1beta1.EncryptResponse\"\x00B%Z#github.com/cmdkms/kms/proto/v1beta1b\x06proto3"
 
 var (
-	file_v1beta1_api_proto_rawDescOnce sync.Once
-	file_v1beta1_api_proto_rawDescData []byte
+	file_proto_v1beta1_api_proto_rawDescOnce sync.Once
+	file_proto_v1beta1_api_proto_rawDescData []byte
 )
 
-func file_v1beta1_api_proto_rawDescGZIP() []byte {
-	file_v1beta1_api_proto_rawDescOnce.Do(func() {
-		file_v1beta1_api_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_v1beta1_api_proto_rawDesc), len(file_v1beta1_api_proto_rawDesc)))
+func file_proto_v1beta1_api_proto_rawDescGZIP() []byte {
+	file_proto_v1beta1_api_proto_rawDescOnce.Do(func() {
+		file_proto_v1beta1_api_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_proto_v1beta1_api_proto_rawDesc), len(file_proto_v1beta1_api_proto_rawDesc)))
 	})
-	return file_v1beta1_api_proto_rawDescData
+	return file_proto_v1beta1_api_proto_rawDescData
 }
 
-var file_v1beta1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
-var file_v1beta1_api_proto_goTypes = []any{
+var file_proto_v1beta1_api_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_proto_v1beta1_api_proto_goTypes = []any{
 	(*VersionRequest)(nil),  // 0: v1beta1.VersionRequest
 	(*VersionResponse)(nil), // 1: v1beta1.VersionResponse
 	(*DecryptRequest)(nil),  // 2: v1beta1.DecryptRequest
@@ -370,7 +370,7 @@ var file_v1beta1_api_proto_goTypes = []any{
 	(*EncryptRequest)(nil),  // 4: v1beta1.EncryptRequest
 	(*EncryptResponse)(nil), // 5: v1beta1.EncryptResponse
 }
-var file_v1beta1_api_proto_depIdxs = []int32{
+var file_proto_v1beta1_api_proto_depIdxs = []int32{
 	0, // 0: v1beta1.KeyManagementService.Version:input_type -> v1beta1.VersionRequest
 	2, // 1: v1beta1.KeyManagementService.Decrypt:input_type -> v1beta1.DecryptRequest
 	4, // 2: v1beta1.KeyManagementService.Encrypt:input_type -> v1beta1.EncryptRequest
@@ -384,26 +384,26 @@ var file_v1beta1_api_proto_depIdxs = []int32{
 	0, // [0:0] is the sub-list for field type_name
 }
 
-func init() { file_v1beta1_api_proto_init() }
-func file_v1beta1_api_proto_init() {
-	if File_v1beta1_api_proto != nil {
+func init() { file_proto_v1beta1_api_proto_init() }
+func file_proto_v1beta1_api_proto_init() {
+	if File_proto_v1beta1_api_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_v1beta1_api_proto_rawDesc), len(file_v1beta1_api_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_v1beta1_api_proto_rawDesc), len(file_proto_v1beta1_api_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_v1beta1_api_proto_goTypes,
-		DependencyIndexes: file_v1beta1_api_proto_depIdxs,
-		MessageInfos:      file_v1beta1_api_proto_msgTypes,
+		GoTypes:           file_proto_v1beta1_api_proto_goTypes,
+		DependencyIndexes: file_proto_v1beta1_api_proto_depIdxs,
+		MessageInfos:      file_proto_v1beta1_api_proto_msgTypes,
 	}.Build()
-	File_v1beta1_api_proto = out.File
-	file_v1beta1_api_proto_goTypes = nil
-	file_v1beta1_api_proto_depIdxs = nil
+	File_proto_v1beta1_api_proto = out.File
+	file_proto_v1beta1_api_proto_goTypes = nil
+	file_proto_v1beta1_api_proto_depIdxs = nil
 }

@@ -7,7 +7,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: v2/api.proto
+// source: proto/v2/api.proto
 
 package v2
 
@@ -34,7 +34,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_v2_api_proto_msgTypes[0]
+	mi := &file_proto_v2_api_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +46,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[0]
+	mi := &file_proto_v2_api_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +59,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{0}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{0}
 }
 
 type StatusResponse struct {
@@ -76,7 +76,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_v2_api_proto_msgTypes[1]
+	mi := &file_proto_v2_api_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -88,7 +88,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[1]
+	mi := &file_proto_v2_api_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -101,7 +101,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{1}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *StatusResponse) GetVersion() string {
@@ -140,7 +140,7 @@ type DecryptRequest struct {
 
 func (x *DecryptRequest) Reset() {
 	*x = DecryptRequest{}
-	mi := &file_v2_api_proto_msgTypes[2]
+	mi := &file_proto_v2_api_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -152,7 +152,7 @@ func (x *DecryptRequest) String() string {
 func (*DecryptRequest) ProtoMessage() {}
 
 func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[2]
+	mi := &file_proto_v2_api_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -165,7 +165,7 @@ func (x *DecryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptRequest.ProtoReflect.Descriptor instead.
 func (*DecryptRequest) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{2}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *DecryptRequest) GetCiphertext() []byte {
@@ -205,7 +205,7 @@ type DecryptResponse struct {
 
 func (x *DecryptResponse) Reset() {
 	*x = DecryptResponse{}
-	mi := &file_v2_api_proto_msgTypes[3]
+	mi := &file_proto_v2_api_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +217,7 @@ func (x *DecryptResponse) String() string {
 func (*DecryptResponse) ProtoMessage() {}
 
 func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[3]
+	mi := &file_proto_v2_api_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +230,7 @@ func (x *DecryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DecryptResponse.ProtoReflect.Descriptor instead.
 func (*DecryptResponse) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{3}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DecryptResponse) GetPlaintext() []byte {
@@ -251,7 +251,7 @@ type EncryptRequest struct {
 
 func (x *EncryptRequest) Reset() {
 	*x = EncryptRequest{}
-	mi := &file_v2_api_proto_msgTypes[4]
+	mi := &file_proto_v2_api_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -263,7 +263,7 @@ func (x *EncryptRequest) String() string {
 func (*EncryptRequest) ProtoMessage() {}
 
 func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[4]
+	mi := &file_proto_v2_api_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -276,7 +276,7 @@ func (x *EncryptRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptRequest.ProtoReflect.Descriptor instead.
 func (*EncryptRequest) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{4}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *EncryptRequest) GetPlaintext() []byte {
@@ -305,7 +305,7 @@ type EncryptResponse struct {
 
 func (x *EncryptResponse) Reset() {
 	*x = EncryptResponse{}
-	mi := &file_v2_api_proto_msgTypes[5]
+	mi := &file_proto_v2_api_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -317,7 +317,7 @@ func (x *EncryptResponse) String() string {
 func (*EncryptResponse) ProtoMessage() {}
 
 func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_v2_api_proto_msgTypes[5]
+	mi := &file_proto_v2_api_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -330,7 +330,7 @@ func (x *EncryptResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EncryptResponse.ProtoReflect.Descriptor instead.
 func (*EncryptResponse) Descriptor() ([]byte, []int) {
-	return file_v2_api_proto_rawDescGZIP(), []int{5}
+	return file_proto_v2_api_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EncryptResponse) GetCiphertext() []byte {
@@ -354,11 +354,11 @@ func (x *EncryptResponse) GetAnnotations() map[string][]byte {
 	return nil
 }
 
-var File_v2_api_proto protoreflect.FileDescriptor
+var File_proto_v2_api_proto protoreflect.FileDescriptor
 
-const file_v2_api_proto_rawDesc = "" +
+const file_proto_v2_api_proto_rawDesc = "" +
 	"\n" +
-	"\fv2/api.proto\x12\x02v2\"\x0f\n" +
+	"\x12proto/v2/api.proto\x12\x02v2\"\x0f\n" +
 	"\rStatusRequest\"[\n" +
 	"\x0eStatusResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12\x18\n" +
@@ -394,19 +394,19 @@ const file_v2_api_proto_rawDesc = "" +
 	"\aEncrypt\x12\x12.v2.EncryptRequest\x1a\x13.v2.EncryptResponse\"\x00B Z\x1egithub.com/cmdkms/kms/proto/v2b\x06proto3"
 
 var (
-	file_v2_api_proto_rawDescOnce sync.Once
-	file_v2_api_proto_rawDescData []byte
+	file_proto_v2_api_proto_rawDescOnce sync.Once
+	file_proto_v2_api_proto_rawDescData []byte
 )
 
-func file_v2_api_proto_rawDescGZIP() []byte {
-	file_v2_api_proto_rawDescOnce.Do(func() {
-		file_v2_api_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_v2_api_proto_rawDesc), len(file_v2_api_proto_rawDesc)))
+func file_proto_v2_api_proto_rawDescGZIP() []byte {
+	file_proto_v2_api_proto_rawDescOnce.Do(func() {
+		file_proto_v2_api_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_proto_v2_api_proto_rawDesc), len(file_proto_v2_api_proto_rawDesc)))
 	})
-	return file_v2_api_proto_rawDescData
+	return file_proto_v2_api_proto_rawDescData
 }
 
-var file_v2_api_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
-var file_v2_api_proto_goTypes = []any{
+var file_proto_v2_api_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_proto_v2_api_proto_goTypes = []any{
 	(*StatusRequest)(nil),   // 0: v2.StatusRequest
 	(*StatusResponse)(nil),  // 1: v2.StatusResponse
 	(*DecryptRequest)(nil),  // 2: v2.DecryptRequest
@@ -416,7 +416,7 @@ var file_v2_api_proto_goTypes = []any{
 	nil,                     // 6: v2.DecryptRequest.AnnotationsEntry
 	nil,                     // 7: v2.EncryptResponse.AnnotationsEntry
 }
-var file_v2_api_proto_depIdxs = []int32{
+var file_proto_v2_api_proto_depIdxs = []int32{
 	6, // 0: v2.DecryptRequest.annotations:type_name -> v2.DecryptRequest.AnnotationsEntry
 	7, // 1: v2.EncryptResponse.annotations:type_name -> v2.EncryptResponse.AnnotationsEntry
 	0, // 2: v2.KeyManagementService.Status:input_type -> v2.StatusRequest
@@ -432,26 +432,26 @@ var file_v2_api_proto_depIdxs = []int32{
 	0, // [0:2] is the sub-list for field type_name
 }
 
-func init() { file_v2_api_proto_init() }
-func file_v2_api_proto_init() {
-	if File_v2_api_proto != nil {
+func init() { file_proto_v2_api_proto_init() }
+func file_proto_v2_api_proto_init() {
+	if File_proto_v2_api_proto != nil {
 		return
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_v2_api_proto_rawDesc), len(file_v2_api_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_proto_v2_api_proto_rawDesc), len(file_proto_v2_api_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
-		GoTypes:           file_v2_api_proto_goTypes,
-		DependencyIndexes: file_v2_api_proto_depIdxs,
-		MessageInfos:      file_v2_api_proto_msgTypes,
+		GoTypes:           file_proto_v2_api_proto_goTypes,
+		DependencyIndexes: file_proto_v2_api_proto_depIdxs,
+		MessageInfos:      file_proto_v2_api_proto_msgTypes,
 	}.Build()
-	File_v2_api_proto = out.File
-	file_v2_api_proto_goTypes = nil
-	file_v2_api_proto_depIdxs = nil
+	File_proto_v2_api_proto = out.File
+	file_proto_v2_api_proto_goTypes = nil
+	file_proto_v2_api_proto_depIdxs = nil
 }
