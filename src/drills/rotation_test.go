@@ -1,0 +1,88 @@
+package drills
+
+import (
+	"context"
+	"math"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/tools/bench/load"
+)
+
+// The KEK is rotated 10 times through the keyring (new primary first, the
+// old keys still listed) while callers write and read objects from all
+// generations: not one call fails, each generation gets writes, and after
+// a restart everything still decrypts.
+func TestRotationUnderLoad(t *testing.T) {
+	t.Parallel()
+	dir, sock := shortSock(t)
+	ring := filepath.Join(dir, "keyring")
+	keys := [][]byte{newKey()}
+	ids := []string{writeKeyring(t, ring, keys...)}
+	args := []string{"--command", "cat " + ring}
+	d := startKMS(t, sock, args...)
+	const rotations = 10
+	perKey := scale(200, 20000)
+
+	var objs store
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var r *load.Result
+	wg.Go(func() {
+		r = load.Run(ctx, 16, math.MaxInt, func(ctx context.Context, _, seq int) error {
+			if seq%2 == 0 {
+				return write(ctx, d.Client, &objs, seq/2)
+			}
+			// Odd seq spread over every generation written so far.
+			o, ok := objs.at(seq * 7919)
+			if !ok {
+				return nil
+			}
+			return read(ctx, d.Client, o)
+		})
+	})
+	for i := 1; i <= rotations; i++ {
+		waitFor(t, "writes under the current key", time.Minute, func() bool { return objs.len() >= perKey*i })
+		keys = append([][]byte{newKey()}, keys...)
+		ids = append(ids, writeKeyring(t, ring, keys...))
+		d.Signal(syscall.SIGHUP)
+		waitFor(t, "rotation after SIGHUP", time.Minute, func() bool {
+			st, err := d.V2.Status(ctx, &v2.StatusRequest{})
+			return err == nil && st.KeyId == ids[i]
+		})
+	}
+	waitFor(t, "writes under the last key", time.Minute, func() bool { return objs.len() >= perKey*(rotations+1) })
+	cancel()
+	wg.Wait()
+	// Calls still in flight when the run was cancelled fail with Canceled:
+	// they are the run ending, not the daemon failing.
+	delete(r.Failures, codes.Canceled.String())
+	if r.Failed() > 0 {
+		t.Fatalf("%d of %d calls failed during rotation: %v", r.Failed(), r.Requests, r.Failures)
+	}
+	written := map[string]int{}
+	for _, o := range objs.all() {
+		if o.V2 != nil {
+			written[o.V2.KeyId]++
+		}
+	}
+	for i, id := range ids {
+		if written[id] == 0 {
+			t.Errorf("no v2 write reported key %d (%s)", i, id)
+		}
+	}
+
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	d2 := startKMS(t, sock, args...)
+	objects := objs.all()
+	readAll(t, d2.Client, objects)
+	t.Logf("%d rotations, %d calls under load, %d objects all decrypt after restart; v2 writes per key: %v", rotations, r.Requests, len(objects), written)
+}
