@@ -152,9 +152,9 @@ func TestHealthAndMetrics(t *testing.T) {
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	k1, k2 := newKey(), newKey()
 	writeKeyring(t, ring, k1, k2)
-	const timeout = 4 * time.Second
+	const timeout = 6 * time.Second
 	d := startDaemon(t, sock, "--command", "cat "+ring, "--health-address", "127.0.0.1:0",
-		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "1s")
+		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "3s")
 	base := healthURL(t, d)
 
 	if code, body := get(t, base+"/healthz"); code != 200 || body != "ok\n" {
@@ -221,7 +221,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	// The command breaks: keys stay until the timeout, then are purged.
 	os.Remove(ring)
 	d.Signal(syscall.SIGHUP)
-	waitUntil(t, "a failed run", 10*time.Second, func() bool {
+	waitUntil(t, "a failed run", 3*timeout, func() bool {
 		return scrape(t, base).value(t, "kms_kek_command_runs_total", "outcome=failed") >= 1
 	})
 	waitUntil(t, "the purge", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 0 })
@@ -255,7 +255,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	// The command works again.
 	writeKeyring(t, ring, k1, k2)
 	d.Signal(syscall.SIGHUP)
-	waitUntil(t, "the keys back", 10*time.Second, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 1 })
+	waitUntil(t, "the keys back", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 1 })
 	if code, _ := get(t, base+"/readyz"); code != 200 {
 		t.Fatalf("/readyz after resume: %d", code)
 	}
