@@ -17,7 +17,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 entries=()
 for p in "${packages[@]}"; do
-	best= best_file= best_sum= best_arch=
+	best='' best_file='' best_sum='' best_arch=''
 	while IFS=$'\t' read -r version file sum arch; do
 		[[ $file == pool/main/* ]] || continue
 		if [[ -z $best ]] || dpkg --compare-versions "$version" gt "$best"; then

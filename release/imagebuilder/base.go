@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // NonrootUID is the user the image runs as, the same id as distroless's
@@ -98,9 +99,24 @@ func tzdata(fs layerFS, deb Deb) error {
 	return nil
 }
 
-// baseFS is the distroless-equivalent root filesystem: users, groups,
-// writable /tmp and the nonroot home, CA certificates and zoneinfo. No
-// shell, no package manager, no libc: the binaries put on it must be static.
+// BaseLayer returns the distroless-equivalent root filesystem as a gzip
+// layer: users, groups, writable /tmp and the nonroot home, CA certificates
+// and zoneinfo. No shell, no package manager, no libc: the binaries put on
+// it must be static.
+func BaseLayer(debs []Deb, mtime time.Time) ([]byte, LayerInfo, error) {
+	fs, err := baseFS(debs)
+	if err != nil {
+		return nil, LayerInfo{}, err
+	}
+	var names []string
+	for _, d := range debs {
+		names = append(names, d.Name+"="+d.Version)
+	}
+	sort.Strings(names)
+	gz, err := fs.gzipLayer(mtime.UTC())
+	return gz, LayerInfo{CreatedBy: fmt.Sprintf("kms imagebuilder: base (users root, nobody, nonroot; %s)", strings.Join(names, " "))}, err
+}
+
 func baseFS(debs []Deb) (layerFS, error) {
 	fs := layerFS{}
 	fs.dir("etc", 0o755, 0, 0)

@@ -1,6 +1,8 @@
 // Package imagebuilder assembles the release image: a distroless-equivalent
-// base layer made from pinned Debian packages and an application layer with
-// static binaries, byte-for-byte reproducible from the same inputs.
+// base layer made from pinned Debian packages and a layer of static
+// binaries, byte-for-byte reproducible from the same inputs. Each layer is
+// its own step (so Bazel rebuilds only what changed), then Image puts them
+// together.
 package imagebuilder
 
 import (
@@ -10,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
@@ -20,21 +23,16 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 )
 
-// Binary is one file of the application layer.
+// Binary is one file of a binary layer.
 type Binary struct {
 	Path string // absolute path in the image, e.g. /usr/bin/kms
 	Data []byte
 }
 
-// Options describe one image.
-type Options struct {
-	Debs       []Deb
-	Binaries   []Binary
-	Entrypoint []string
-	// Created is the image's creation time and every file's mtime.
-	Created time.Time
-	// Annotations go on the manifest and, as labels, on the config.
-	Annotations map[string]string
+// ReadBinary loads a binary for a binary layer.
+func ReadBinary(imagePath, file string) (Binary, error) {
+	b, err := os.ReadFile(file)
+	return Binary{Path: imagePath, Data: b}, err
 }
 
 // Annotation keys of the OCI image spec.
@@ -77,56 +75,80 @@ func staticArch(b Binary) (string, error) {
 	return arch, nil
 }
 
-func appFS(bins []Binary) (layerFS, string, error) {
+// BinaryLayer returns a gzip layer holding the binaries, 0755 root:root.
+func BinaryLayer(bins []Binary, mtime time.Time) ([]byte, LayerInfo, error) {
 	fs := layerFS{}
-	arch := ""
+	info := LayerInfo{}
 	for _, b := range bins {
 		if !path.IsAbs(b.Path) || path.Clean(b.Path) != b.Path {
-			return nil, "", fmt.Errorf("binary path %q must be absolute and clean", b.Path)
+			return nil, info, fmt.Errorf("binary path %q must be absolute and clean", b.Path)
 		}
 		a, err := staticArch(b)
 		if err != nil {
-			return nil, "", err
+			return nil, info, err
 		}
-		if arch != "" && a != arch {
-			return nil, "", fmt.Errorf("%s is %s but other binaries are %s", b.Path, a, arch)
+		if info.Architecture != "" && a != info.Architecture {
+			return nil, info, fmt.Errorf("%s is %s but other binaries are %s", b.Path, a, info.Architecture)
 		}
-		arch = a
+		info.Architecture = a
 		p := b.Path[1:]
 		if _, dup := fs[p]; dup {
-			return nil, "", fmt.Errorf("binary path %s given twice", b.Path)
+			return nil, info, fmt.Errorf("binary path %s given twice", b.Path)
 		}
 		fs.file(p, 0o755, b.Data)
+		info.Executables = append(info.Executables, b.Path)
 	}
-	if arch == "" {
-		return nil, "", errors.New("no binaries")
+	if len(bins) == 0 {
+		return nil, info, errors.New("no binaries")
 	}
-	return fs, arch, nil
+	sort.Strings(info.Executables)
+	info.CreatedBy = fmt.Sprintf("kms imagebuilder: binaries %v", info.Executables)
+	gz, err := fs.gzipLayer(mtime.UTC())
+	return gz, info, err
 }
 
-// Build assembles the image.
-func Build(o Options) (v1.Image, error) {
-	if len(o.Entrypoint) == 0 {
-		return nil, errors.New("no entrypoint")
-	}
+// Layer is a layer file and its info, as Image takes them.
+type Layer struct {
+	Gzip []byte
+	Info LayerInfo
+}
+
+// ImageOptions describe the image put together from layers.
+type ImageOptions struct {
+	Layers     []Layer // bottom first
+	Entrypoint []string
+	// Created is the image's creation time (the layers' file mtimes were
+	// set when they were made).
+	Created time.Time
+	// Annotations go on the manifest and, as labels, on the config.
+	Annotations map[string]string
+}
+
+// Image assembles an OCI image that runs Entrypoint as 65532:65532.
+func Image(o ImageOptions) (v1.Image, error) {
 	created := o.Created.UTC()
-	base, err := baseFS(o.Debs)
-	if err != nil {
-		return nil, err
+	arch := ""
+	var executables []string
+	for _, l := range o.Layers {
+		if a := l.Info.Architecture; a != "" {
+			if arch != "" && a != arch {
+				return nil, fmt.Errorf("layers mix architectures %s and %s", arch, a)
+			}
+			arch = a
+		}
+		executables = append(executables, l.Info.Executables...)
 	}
-	app, arch, err := appFS(o.Binaries)
-	if err != nil {
-		return nil, err
+	if arch == "" {
+		return nil, errors.New("no layer has binaries, so the architecture is unknown")
 	}
-	if e, ok := app[o.Entrypoint[0][1:]]; !path.IsAbs(o.Entrypoint[0]) || !ok || e.mode&0o111 == 0 {
-		return nil, fmt.Errorf("entrypoint %s is not one of the binaries", o.Entrypoint[0])
+	if len(o.Entrypoint) == 0 || !slices.Contains(executables, o.Entrypoint[0]) {
+		return nil, fmt.Errorf("entrypoint %v does not start with one of the binaries %v", o.Entrypoint, executables)
 	}
 
 	anns := map[string]string{AnnotationCreated: created.Format(time.RFC3339)}
 	for k, v := range o.Annotations {
 		anns[k] = v
 	}
-
 	img, err := mutate.ConfigFile(empty.Image, &v1.ConfigFile{
 		Architecture: arch,
 		OS:           "linux",
@@ -147,54 +169,21 @@ func Build(o Options) (v1.Image, error) {
 	if err != nil {
 		return nil, err
 	}
-
-	var debNames []string
-	for _, d := range o.Debs {
-		debNames = append(debNames, d.Name+"="+d.Version)
-	}
-	sort.Strings(debNames)
-	var binNames []string
-	for _, b := range o.Binaries {
-		binNames = append(binNames, b.Path)
-	}
-	sort.Strings(binNames)
-
-	baseLayer, err := base.layer(created)
-	if err != nil {
-		return nil, fmt.Errorf("base layer: %w", err)
-	}
-	appLayer, err := app.layer(created)
-	if err != nil {
-		return nil, fmt.Errorf("app layer: %w", err)
-	}
-	img, err = mutate.Append(img,
-		mutate.Addendum{
-			Layer:     baseLayer,
+	for i, l := range o.Layers {
+		layer, err := OpenLayer(l.Gzip)
+		if err != nil {
+			return nil, fmt.Errorf("layer %d: %w", i, err)
+		}
+		img, err = mutate.Append(img, mutate.Addendum{
+			Layer:     layer,
 			MediaType: types.OCILayer,
-			History: v1.History{
-				Created:   v1.Time{Time: created},
-				CreatedBy: fmt.Sprintf("kms imagebuilder: base (users root, nobody, nonroot; %v)", debNames),
-			},
-		},
-		mutate.Addendum{
-			Layer:     appLayer,
-			MediaType: types.OCILayer,
-			History: v1.History{
-				Created:   v1.Time{Time: created},
-				CreatedBy: fmt.Sprintf("kms imagebuilder: binaries %v", binNames),
-			},
-		},
-	)
-	if err != nil {
-		return nil, err
+			History:   v1.History{Created: v1.Time{Time: created}, CreatedBy: l.Info.CreatedBy},
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
 	img = mutate.MediaType(img, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	return mutate.Annotations(img, anns).(v1.Image), nil
-}
-
-// ReadBinary loads a binary for the application layer.
-func ReadBinary(imagePath, file string) (Binary, error) {
-	b, err := os.ReadFile(file)
-	return Binary{Path: imagePath, Data: b}, err
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -122,17 +123,44 @@ func testDebs(t *testing.T) []Deb {
 	}
 }
 
-func testOptions(t *testing.T) Options {
-	return Options{
-		Debs: testDebs(t),
-		Binaries: []Binary{
+// spec is everything one test image is made from.
+type spec struct {
+	debs       []Deb
+	bins       []Binary
+	entrypoint []string
+	created    time.Time
+	anns       map[string]string
+}
+
+func testSpec(t *testing.T) spec {
+	return spec{
+		debs: testDebs(t),
+		bins: []Binary{
 			{Path: "/usr/bin/kms", Data: fakeELF(t, elf.EM_X86_64, false)},
 			{Path: "/usr/bin/kek-file", Data: append(fakeELF(t, elf.EM_X86_64, false), 1)},
 		},
-		Entrypoint:  []string{"/usr/bin/kms"},
-		Created:     time.Unix(1795714769, 0),
-		Annotations: map[string]string{AnnotationVersion: "v1.2.3", AnnotationRevision: "abc"},
+		entrypoint: []string{"/usr/bin/kms"},
+		created:    time.Unix(1795714769, 0),
+		anns:       map[string]string{AnnotationVersion: "v1.2.3", AnnotationRevision: "abc"},
 	}
+}
+
+// build runs the steps the Bazel rules run: base layer, binary layer, image.
+func build(s spec) (v1.Image, error) {
+	base, baseInfo, err := BaseLayer(s.debs, s.created)
+	if err != nil {
+		return nil, err
+	}
+	app, appInfo, err := BinaryLayer(s.bins, s.created)
+	if err != nil {
+		return nil, err
+	}
+	return Image(ImageOptions{
+		Layers:      []Layer{{base, baseInfo}, {app, appInfo}},
+		Entrypoint:  s.entrypoint,
+		Created:     s.created,
+		Annotations: s.anns,
+	})
 }
 
 func digest(t *testing.T, img v1.Image) v1.Hash {
@@ -145,20 +173,20 @@ func digest(t *testing.T, img v1.Image) v1.Hash {
 }
 
 func TestReproducible(t *testing.T) {
-	a, err := Build(testOptions(t))
+	a, err := build(testSpec(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Build(testOptions(t))
+	b, err := build(testSpec(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if digest(t, a) != digest(t, b) {
 		t.Fatalf("two builds differ: %v %v", digest(t, a), digest(t, b))
 	}
-	o := testOptions(t)
-	o.Created = o.Created.Add(time.Second)
-	c, err := Build(o)
+	o := testSpec(t)
+	o.created = o.created.Add(time.Second)
+	c, err := build(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +230,8 @@ func layerEntries(t *testing.T, l v1.Layer) []entry {
 }
 
 func TestContents(t *testing.T) {
-	o := testOptions(t)
-	img, err := Build(o)
+	o := testSpec(t)
+	img, err := build(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +252,7 @@ func TestContents(t *testing.T) {
 				t.Errorf("layer %d: %q after %q: not sorted", i, e.h.Name, prev)
 			}
 			prev = e.h.Name
-			if !e.h.ModTime.Equal(o.Created) || e.h.Uname != "" || e.h.Gname != "" {
+			if !e.h.ModTime.Equal(o.created) || e.h.Uname != "" || e.h.Gname != "" {
 				t.Errorf("%s: mtime %v uname %q gname %q", e.h.Name, e.h.ModTime, e.h.Uname, e.h.Gname)
 			}
 			byName[e.h.Name] = e.h
@@ -278,7 +306,7 @@ func TestContents(t *testing.T) {
 }
 
 func TestConfigAndManifest(t *testing.T) {
-	img, err := Build(testOptions(t))
+	img, err := build(testSpec(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -310,20 +338,35 @@ func TestConfigAndManifest(t *testing.T) {
 }
 
 func TestRefusals(t *testing.T) {
-	for name, mod := range map[string]func(*Options){
-		"dynamic binary":       func(o *Options) { o.Binaries[0].Data = fakeELF(t, elf.EM_X86_64, true) },
-		"mixed architectures":  func(o *Options) { o.Binaries[1].Data = fakeELF(t, elf.EM_AARCH64, false) },
-		"not ELF":              func(o *Options) { o.Binaries[1].Data = []byte("#!/bin/sh\n") },
-		"entrypoint not given": func(o *Options) { o.Entrypoint = []string{"/bin/sh"} },
-		"unknown package":      func(o *Options) { o.Debs[0].Name = "bash" },
-		"missing package":      func(o *Options) { o.Debs = o.Debs[:1] },
-		"relative path":        func(o *Options) { o.Binaries[0].Path = "usr/bin/kms" },
+	for name, mod := range map[string]func(*spec){
+		"dynamic binary":       func(o *spec) { o.bins[0].Data = fakeELF(t, elf.EM_X86_64, true) },
+		"mixed architectures":  func(o *spec) { o.bins[1].Data = fakeELF(t, elf.EM_AARCH64, false) },
+		"not ELF":              func(o *spec) { o.bins[1].Data = []byte("#!/bin/sh\n") },
+		"entrypoint not given": func(o *spec) { o.entrypoint = []string{"/bin/sh"} },
+		"no entrypoint":        func(o *spec) { o.entrypoint = nil },
+		"unknown package":      func(o *spec) { o.debs[0].Name = "bash" },
+		"missing package":      func(o *spec) { o.debs = o.debs[:1] },
+		"relative path":        func(o *spec) { o.bins[0].Path = "usr/bin/kms" },
+		"duplicate path":       func(o *spec) { o.bins[1].Path = "/usr/bin/kms" },
 	} {
-		o := testOptions(t)
+		o := testSpec(t)
 		mod(&o)
-		if _, err := Build(o); err == nil {
+		if _, err := build(o); err == nil {
 			t.Errorf("%s: built anyway", name)
 		}
+	}
+	// Two binary layers must agree on the architecture.
+	o := testSpec(t)
+	amd, amdInfo, err := BinaryLayer(o.bins[:1], o.created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	arm, armInfo, err := BinaryLayer([]Binary{{Path: "/usr/bin/other", Data: fakeELF(t, elf.EM_AARCH64, false)}}, o.created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Image(ImageOptions{Layers: []Layer{{amd, amdInfo}, {arm, armInfo}}, Entrypoint: o.entrypoint}); err == nil {
+		t.Error("mixed-architecture layers accepted")
 	}
 }
 
@@ -353,7 +396,7 @@ func TestLockMatch(t *testing.T) {
 }
 
 func TestLayoutAndArchive(t *testing.T) {
-	img, err := Build(testOptions(t))
+	img, err := build(testSpec(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -383,6 +426,29 @@ func TestLayoutAndArchive(t *testing.T) {
 	}
 	if !bytes.Equal(archives[0], archives[1]) {
 		t.Error("archives of equal layouts differ")
+	}
+	// Bazel's sandbox shows a directory input as a tree of symlinks.
+	src := filepath.Join(t.TempDir(), "layout")
+	if err := WriteLayout(src, img, "v1.2.3"); err != nil {
+		t.Fatal(err)
+	}
+	links := t.TempDir()
+	filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		rel, _ := filepath.Rel(src, p)
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(links, rel), 0o755)
+		}
+		return os.Symlink(p, filepath.Join(links, rel))
+	})
+	var viaLinks bytes.Buffer
+	if err := WriteArchive(links, &viaLinks, time.Unix(1795714769, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(viaLinks.Bytes(), archives[0]) {
+		t.Error("the archive of a symlinked layout differs")
+	}
+	if created, err := LayoutCreated(links); err != nil || created.Unix() != 1795714769 {
+		t.Errorf("LayoutCreated of the symlinked layout: %v %v", created, err)
 	}
 	tr := tar.NewReader(bytes.NewReader(archives[0]))
 	var names []string

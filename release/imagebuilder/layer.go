@@ -115,16 +115,28 @@ func gzipBytes(b []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// layer turns the entries into an OCI gzip layer.
-func (fs layerFS) layer(mtime time.Time) (v1.Layer, error) {
+// LayerInfo travels next to a layer file from the step that made it to the
+// step that assembles the image.
+type LayerInfo struct {
+	// CreatedBy becomes the layer's history entry.
+	CreatedBy string `json:"created_by"`
+	// Architecture is set for layers with binaries (from their ELF headers).
+	Architecture string `json:"architecture,omitempty"`
+	// Executables are the absolute paths of the binaries in the layer.
+	Executables []string `json:"executables,omitempty"`
+}
+
+// gzipLayer returns the entries as the bytes of an OCI gzip layer.
+func (fs layerFS) gzipLayer(mtime time.Time) ([]byte, error) {
 	t, err := fs.tarBytes(mtime)
 	if err != nil {
 		return nil, err
 	}
-	gz, err := gzipBytes(t)
-	if err != nil {
-		return nil, err
-	}
+	return gzipBytes(t)
+}
+
+// OpenLayer reads a layer file written from BaseLayer or BinaryLayer.
+func OpenLayer(gz []byte) (v1.Layer, error) {
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(gz)), nil
 	}, tarball.WithMediaType(types.OCILayer))

@@ -2,12 +2,13 @@ package imagebuilder
 
 import (
 	"archive/tar"
+	"bytes"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
-	"sort"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -60,38 +61,70 @@ func ReadLayout(dir string) (v1.Image, error) {
 	return idx.Image(m.Manifests[0].Digest)
 }
 
+// LayoutCreated returns the creation time of the only image of a layout.
+// It reads the JSON itself instead of going through go-containerregistry,
+// which refuses blobs that are symlinks, as Bazel's sandbox presents them.
+func LayoutCreated(dir string) (time.Time, error) {
+	readBlob := func(h v1.Hash) ([]byte, error) {
+		return os.ReadFile(filepath.Join(dir, "blobs", h.Algorithm, h.Hex))
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "index.json"))
+	if err != nil {
+		return time.Time{}, err
+	}
+	idx, err := v1.ParseIndexManifest(bytes.NewReader(b))
+	if err != nil {
+		return time.Time{}, err
+	}
+	if len(idx.Manifests) != 1 {
+		return time.Time{}, fmt.Errorf("%s holds %d manifests, want 1", dir, len(idx.Manifests))
+	}
+	if b, err = readBlob(idx.Manifests[0].Digest); err != nil {
+		return time.Time{}, err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(b))
+	if err != nil {
+		return time.Time{}, err
+	}
+	if b, err = readBlob(m.Config.Digest); err != nil {
+		return time.Time{}, err
+	}
+	cf, err := v1.ParseConfigFile(bytes.NewReader(b))
+	if err != nil {
+		return time.Time{}, err
+	}
+	return cf.Created.Time, nil
+}
+
 // WriteArchive writes the layout in dir as an OCI archive: an uncompressed
 // tar of the layout with entries in path order, root-owned, all with the
-// given mtime, so equal layouts give equal archives.
+// given mtime, so equal layouts give equal archives. Symlinks are followed:
+// Bazel's sandbox presents the files of a directory input as links.
 func WriteArchive(dir string, w io.Writer, mtime time.Time) error {
-	var paths []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p != dir {
-			paths = append(paths, p)
-		}
-		return nil
-	})
+	tw := tar.NewWriter(w)
+	if err := archiveDir(tw, dir, "", mtime); err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+func archiveDir(tw *tar.Writer, root, rel string, mtime time.Time) error {
+	entries, err := os.ReadDir(filepath.Join(root, rel))
 	if err != nil {
 		return err
 	}
-	sort.Strings(paths)
-	tw := tar.NewWriter(w)
-	for _, p := range paths {
-		rel, err := filepath.Rel(dir, p)
+	// ReadDir sorts by name; the archive lists a directory before its content.
+	for _, e := range entries {
+		name := path.Join(rel, e.Name())
+		p := filepath.Join(root, name)
+		st, err := os.Stat(p)
 		if err != nil {
 			return err
 		}
-		st, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		h := &tar.Header{Name: filepath.ToSlash(rel), ModTime: mtime, Format: tar.FormatPAX}
+		h := &tar.Header{Name: name, ModTime: mtime, Format: tar.FormatPAX}
 		switch {
 		case st.IsDir():
-			h.Typeflag, h.Mode, h.Name = tar.TypeDir, 0o755, h.Name+"/"
+			h.Typeflag, h.Mode, h.Name = tar.TypeDir, 0o755, name+"/"
 		case st.Mode().IsRegular():
 			h.Typeflag, h.Mode, h.Size = tar.TypeReg, 0o644, st.Size()
 		default:
@@ -100,17 +133,21 @@ func WriteArchive(dir string, w io.Writer, mtime time.Time) error {
 		if err := tw.WriteHeader(h); err != nil {
 			return err
 		}
-		if h.Typeflag == tar.TypeReg {
-			f, err := os.Open(p)
-			if err != nil {
+		if st.IsDir() {
+			if err := archiveDir(tw, root, name, mtime); err != nil {
 				return err
 			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			if err != nil {
-				return err
-			}
+			continue
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(tw, f)
+		f.Close()
+		if err != nil {
+			return err
 		}
 	}
-	return tw.Close()
+	return nil
 }

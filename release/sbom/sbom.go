@@ -1,7 +1,9 @@
 // Package sbom writes an SPDX 2.3 SBOM of the release image from what the
-// build already knows exactly: the Go module list each binary embeds
-// (debug/buildinfo) and the pinned Debian packages of the base. No scanner
-// runs, so the same inputs always give the same document.
+// build already knows exactly: the Go packages linked into each binary (Bazel
+// knows them; rules_go embeds no module list in debug/buildinfo, only the Go
+// version), the module versions go.mod selects for them, and the pinned
+// Debian packages of the base. No scanner runs, so the same inputs always
+// give the same document.
 package sbom
 
 import (
@@ -12,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"path"
-	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -26,6 +27,8 @@ import (
 type Binary struct {
 	Path string // in the image
 	Data []byte
+	// Packages are the import paths linked into it, standard library excluded.
+	Packages []string
 }
 
 // DebPackage is a Debian package the base was made from.
@@ -41,6 +44,7 @@ type Image struct {
 	Created  time.Time
 	Binaries []Binary
 	Debs     []DebPackage
+	GoMod    []byte // the main module's go.mod
 }
 
 const noAssertion = "NOASSERTION"
@@ -49,28 +53,23 @@ type goModule struct{ path, version string }
 
 // Write writes the SPDX JSON document for img.
 func Write(w io.Writer, img Image) error {
-	if len(img.Binaries) == 0 {
-		return fmt.Errorf("no binaries")
-	}
-	bins := append([]Binary(nil), img.Binaries...)
-	sort.Slice(bins, func(i, j int) bool { return bins[i].Path < bins[j].Path })
-	infos := make([]*debug.BuildInfo, len(bins))
-	for i, b := range bins {
-		bi, err := buildinfo.Read(bytes.NewReader(b.Data))
-		if err != nil {
-			return fmt.Errorf("%s: no Go build info: %w", b.Path, err)
-		}
-		infos[i] = bi
-	}
-	doc, err := document(img, bins, infos)
+	doc, err := document(img)
 	if err != nil {
 		return err
 	}
 	return spdxjson.Write(doc, w, spdxjson.Indent("  "))
 }
 
-// document builds the SPDX document; infos[i] is the build info of bins[i].
-func document(img Image, bins []Binary, infos []*debug.BuildInfo) (*spdx.Document, error) {
+func document(img Image) (*spdx.Document, error) {
+	if len(img.Binaries) == 0 {
+		return nil, fmt.Errorf("no binaries")
+	}
+	mod, err := parseGoMod(img.GoMod)
+	if err != nil {
+		return nil, err
+	}
+	bins := append([]Binary(nil), img.Binaries...)
+	sort.Slice(bins, func(i, j int) bool { return bins[i].Path < bins[j].Path })
 	debs := append([]DebPackage(nil), img.Debs...)
 	sort.Slice(debs, func(i, j int) bool { return debs[i].Name < debs[j].Name })
 
@@ -106,17 +105,10 @@ func document(img Image, bins []Binary, infos []*debug.BuildInfo) (*spdx.Documen
 	ns := sha256.New()
 	modID := map[goModule]common.ElementID{}
 	var modOrder []goModule
-	mainPath := ""
 	for i, b := range bins {
-		bi := infos[i]
-		// Binaries built from a work tree carry no module version of their
-		// own; they come from the same source revision as the image.
-		version := bi.Main.Version
-		if version == "" || version == "(devel)" {
-			version = img.Version
-		}
-		if mainPath == "" {
-			mainPath = bi.Main.Path
+		bi, err := buildinfo.Read(bytes.NewReader(b.Data))
+		if err != nil {
+			return nil, fmt.Errorf("%s: not a Go binary: %w", b.Path, err)
 		}
 		sum := sha256.Sum256(b.Data)
 		fmt.Fprintf(ns, "%s %x\n", b.Path, sum)
@@ -124,27 +116,37 @@ func document(img Image, bins []Binary, infos []*debug.BuildInfo) (*spdx.Documen
 		doc.Packages = append(doc.Packages, &spdx.Package{
 			PackageName:             path.Base(b.Path),
 			PackageSPDXIdentifier:   id,
-			PackageVersion:          version,
+			PackageVersion:          img.Version,
 			PackageFileName:         b.Path,
 			PackageDownloadLocation: noAssertion,
 			PackageChecksums:        []common.Checksum{{Algorithm: common.SHA256, Value: hex.EncodeToString(sum[:])}},
 			PackageLicenseConcluded: noAssertion,
 			PackageLicenseDeclared:  licenses,
 			PackageCopyrightText:    noAssertion,
-			PackageComment:          "Go package " + bi.Path + " of module " + bi.Main.Path,
+			PackageComment:          "Go binary of module " + mod.main,
 			PrimaryPackagePurpose:   "APPLICATION",
 			PackageExternalReferences: []*spdx.PackageExternalReference{
-				purl(fmt.Sprintf("pkg:golang/%s@%s", bi.Main.Path, version)),
+				purl(fmt.Sprintf("pkg:golang/%s@%s", mod.main, img.Version)),
 			},
 		})
 		doc.Relationships = append(doc.Relationships, rel(rootID, id, "CONTAINS"))
 
 		mods := []goModule{{"stdlib", strings.TrimPrefix(bi.GoVersion, "go")}}
-		for _, d := range bi.Deps {
-			if d.Replace != nil {
-				d = d.Replace
+		seen := map[goModule]bool{}
+		pkgs := append([]string(nil), b.Packages...)
+		sort.Strings(pkgs)
+		for _, p := range pkgs {
+			if mod.isMain(p) {
+				continue
 			}
-			mods = append(mods, goModule{d.Path, d.Version})
+			m := goModule{path: p}
+			if mp, v, ok := mod.moduleOf(p); ok {
+				m = goModule{mp, v}
+			}
+			if !seen[m] {
+				seen[m] = true
+				mods = append(mods, m)
+			}
 		}
 		for _, m := range mods {
 			mid, ok := modID[m]
@@ -157,17 +159,26 @@ func document(img Image, bins []Binary, infos []*debug.BuildInfo) (*spdx.Documen
 		}
 	}
 	for _, m := range modOrder {
-		doc.Packages = append(doc.Packages, &spdx.Package{
-			PackageName:               m.path,
-			PackageSPDXIdentifier:     modID[m],
-			PackageVersion:            m.version,
-			PackageDownloadLocation:   noAssertion,
-			PackageLicenseConcluded:   noAssertion,
-			PackageLicenseDeclared:    noAssertion,
-			PackageCopyrightText:      noAssertion,
-			PrimaryPackagePurpose:     "LIBRARY",
-			PackageExternalReferences: []*spdx.PackageExternalReference{purl(fmt.Sprintf("pkg:golang/%s@%s", m.path, m.version))},
-		})
+		pkg := &spdx.Package{
+			PackageName:             m.path,
+			PackageSPDXIdentifier:   modID[m],
+			PackageVersion:          m.version,
+			PackageDownloadLocation: noAssertion,
+			PackageLicenseConcluded: noAssertion,
+			PackageLicenseDeclared:  noAssertion,
+			PackageCopyrightText:    noAssertion,
+			PrimaryPackagePurpose:   "LIBRARY",
+		}
+		if m.version == "" {
+			// Bazel can link packages that go.mod does not list (rules_go's
+			// proto support adds github.com/golang/protobuf); their version is
+			// go_deps' choice, which no input of this step records.
+			pkg.PackageVersion = noAssertion
+			pkg.PackageComment = "Go package linked by Bazel from a module go.mod does not require; version not recorded"
+		} else {
+			pkg.PackageExternalReferences = []*spdx.PackageExternalReference{purl(fmt.Sprintf("pkg:golang/%s@%s", m.path, m.version))}
+		}
+		doc.Packages = append(doc.Packages, pkg)
 	}
 	for i, d := range debs {
 		fmt.Fprintf(ns, "deb %s %s\n", d.Name, d.SHA256)
@@ -187,10 +198,7 @@ func document(img Image, bins []Binary, infos []*debug.BuildInfo) (*spdx.Documen
 		})
 		doc.Relationships = append(doc.Relationships, rel(rootID, id, "CONTAINS"))
 	}
-	if mainPath == "" {
-		return nil, fmt.Errorf("binaries name no main module")
-	}
-	doc.DocumentNamespace = fmt.Sprintf("https://%s/spdx/%s-%s-%x", mainPath, img.Name, img.Version, ns.Sum(nil)[:16])
+	doc.DocumentNamespace = fmt.Sprintf("https://%s/spdx/%s-%s-%x", mod.main, img.Name, img.Version, ns.Sum(nil)[:16])
 	return doc, nil
 }
 

@@ -2,9 +2,7 @@ package sbom
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
-	"runtime/debug"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +10,21 @@ import (
 	spdxjson "github.com/spdx/tools-golang/json"
 )
 
-// The test binary itself carries Go build info, like the release binaries.
+const testGoMod = `module github.com/cmdkms/kms
+
+go 1.26.0
+
+require (
+	google.golang.org/grpc v1.82.1
+	google.golang.org/grpc/examples v0.0.0-20260101000000-abcdef // a nested module
+	github.com/spf13/pflag v1.1.0
+)
+
+require golang.org/x/sys v0.47.0 // indirect
+`
+
+// The test binary carries Go build info (the Go version) like a release
+// binary built by rules_go.
 func testImage(t *testing.T) Image {
 	exe, err := os.Executable()
 	if err != nil {
@@ -22,10 +34,22 @@ func testImage(t *testing.T) Image {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pkgs := []string{
+		"github.com/cmdkms/kms/src/server",
+		"google.golang.org/grpc",
+		"google.golang.org/grpc/codes",
+		"github.com/spf13/pflag",
+		"golang.org/x/sys/unix",
+		"example.org/outside/gomod",
+	}
 	return Image{
 		Name: "kms", Version: "v1.2.3", Licenses: "Apache-2.0", Created: time.Unix(1795714769, 0),
-		Binaries: []Binary{{Path: "/usr/bin/kms", Data: b}},
-		Debs:     []DebPackage{{Name: "tzdata", Version: "2026b-0+deb12u1", Architecture: "all", SHA256: strings.Repeat("ab", 32)}},
+		Binaries: []Binary{
+			{Path: "/usr/bin/kms", Data: b, Packages: pkgs},
+			{Path: "/usr/bin/kek-file", Data: append(b, 0), Packages: []string{"google.golang.org/grpc/examples/x"}},
+		},
+		Debs:  []DebPackage{{Name: "tzdata", Version: "2026b-0+deb12u1", Architecture: "all", SHA256: strings.Repeat("ab", 32)}},
+		GoMod: []byte(testGoMod),
 	}
 }
 
@@ -45,65 +69,8 @@ func TestDeterministicAndValid(t *testing.T) {
 		t.Fatalf("not readable as SPDX: %v", err)
 	}
 	if doc.SPDXVersion != "SPDX-2.3" || doc.CreationInfo.Created != "2026-11-26T17:39:29Z" ||
-		!strings.HasPrefix(doc.DocumentNamespace, "https://") {
+		!strings.HasPrefix(doc.DocumentNamespace, "https://github.com/cmdkms/kms/spdx/kms-v1.2.3-") {
 		t.Errorf("document: %s %s %s", doc.SPDXVersion, doc.CreationInfo.Created, doc.DocumentNamespace)
-	}
-	var raw struct {
-		Packages []struct {
-			Name         string `json:"name"`
-			ExternalRefs []struct {
-				Locator string `json:"referenceLocator"`
-			} `json:"externalRefs"`
-		} `json:"packages"`
-	}
-	json.Unmarshal(a.Bytes(), &raw)
-	purls := map[string]bool{}
-	for _, p := range raw.Packages {
-		for _, r := range p.ExternalRefs {
-			purls[r.Locator] = true
-		}
-	}
-	for _, want := range []string{
-		"pkg:deb/debian/tzdata@2026b-0+deb12u1?arch=all",
-		"pkg:golang/github.com/cmdkms/kms@v1.2.3",
-	} {
-		if !purls[want] {
-			t.Errorf("no package %s in %v", want, purls)
-		}
-	}
-	stdlib := false
-	for p := range purls {
-		stdlib = stdlib || strings.HasPrefix(p, "pkg:golang/stdlib@1.")
-	}
-	if !stdlib {
-		t.Error("no stdlib package")
-	}
-}
-
-func TestRefusesNonGo(t *testing.T) {
-	img := testImage(t)
-	img.Binaries[0].Data = []byte("not a binary")
-	if err := Write(&bytes.Buffer{}, img); err == nil {
-		t.Error("wrote an SBOM for a binary without build info")
-	}
-}
-
-// Test binaries embed no module list, so the dependency part is checked with
-// build info as a release binary carries it.
-func TestModules(t *testing.T) {
-	img := testImage(t)
-	img.Binaries = append(img.Binaries, Binary{Path: "/usr/bin/kek-file", Data: []byte("x")})
-	bi := &debug.BuildInfo{
-		GoVersion: "go1.26.8", Path: "github.com/cmdkms/kms/src/cmd/kms",
-		Main: debug.Module{Path: "github.com/cmdkms/kms", Version: "(devel)"},
-		Deps: []*debug.Module{
-			{Path: "google.golang.org/grpc", Version: "v1.82.1"},
-			{Path: "example.org/old", Version: "v1.0.0", Replace: &debug.Module{Path: "example.org/fork", Version: "v1.0.1"}},
-		},
-	}
-	doc, err := document(img, img.Binaries, []*debug.BuildInfo{bi, bi})
-	if err != nil {
-		t.Fatal(err)
 	}
 	count := map[string]int{}
 	for _, p := range doc.Packages {
@@ -112,14 +79,28 @@ func TestModules(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"pkg:golang/google.golang.org/grpc@v1.82.1", "pkg:golang/example.org/fork@v1.0.1", "pkg:golang/stdlib@1.26.8",
+		"pkg:deb/debian/tzdata@2026b-0+deb12u1?arch=all",
+		"pkg:golang/github.com/cmdkms/kms@v1.2.3", // each binary
+		"pkg:golang/google.golang.org/grpc@v1.82.1",
+		"pkg:golang/github.com/spf13/pflag@v1.1.0",
+		"pkg:golang/golang.org/x/sys@v0.47.0",
+		"pkg:golang/google.golang.org/grpc/examples@v0.0.0-20260101000000-abcdef",
 	} {
-		if count[want] != 1 {
-			t.Errorf("%s listed %d times, want once (shared by both binaries): %v", want, count[want], count)
+		if count[want] == 0 {
+			t.Errorf("no package %s in %v", want, count)
 		}
 	}
-	if count["pkg:golang/example.org/old@v1.0.0"] != 0 {
-		t.Error("replaced module listed")
+	stdlib := 0
+	for p, n := range count {
+		if strings.HasPrefix(p, "pkg:golang/stdlib@1.") {
+			stdlib += n
+		}
+		if strings.HasPrefix(p, "pkg:golang/") && !strings.Contains(p, "cmdkms") && n != 1 {
+			t.Errorf("%s listed %d times, want once", p, n)
+		}
+	}
+	if stdlib != 1 {
+		t.Errorf("%d stdlib packages, want 1 shared by both binaries", stdlib)
 	}
 	deps := 0
 	for _, r := range doc.Relationships {
@@ -127,7 +108,33 @@ func TestModules(t *testing.T) {
 			deps++
 		}
 	}
-	if deps != 6 {
-		t.Errorf("%d DEPENDS_ON relationships, want 3 per binary", deps)
+	// kms: stdlib, grpc, pflag, x/sys, the package outside go.mod;
+	// kek-file: stdlib, grpc/examples.
+	if deps != 7 {
+		t.Errorf("%d DEPENDS_ON relationships, want 7", deps)
+	}
+	outside := false
+	for _, p := range doc.Packages {
+		if p.PackageName == "example.org/outside/gomod" {
+			outside = p.PackageVersion == "NOASSERTION" && len(p.PackageExternalReferences) == 0
+		}
+	}
+	if !outside {
+		t.Error("a package from outside go.mod is not listed with version NOASSERTION")
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	for name, mod := range map[string]func(*Image){
+		"not a Go binary":    func(img *Image) { img.Binaries[0].Data = []byte("not a binary") },
+		"replace directive":  func(img *Image) { img.GoMod = append(img.GoMod, "replace a => ../a\n"...) },
+		"go.mod w/o module":  func(img *Image) { img.GoMod = []byte("go 1.26\n") },
+		"no binaries at all": func(img *Image) { img.Binaries = nil },
+	} {
+		img := testImage(t)
+		mod(&img)
+		if err := Write(&bytes.Buffer{}, img); err == nil {
+			t.Errorf("%s: wrote an SBOM anyway", name)
+		}
 	}
 }

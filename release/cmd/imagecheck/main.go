@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -72,8 +73,9 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 		return errors.New("image has no entrypoint")
 	}
 
-	// Short, so the socket path stays under the 108-byte limit.
-	rootfs, err := os.MkdirTemp("", "kms-rootfs")
+	// Under /tmp, not $TMPDIR: Bazel points that at a long test directory
+	// and a unix socket path must stay under 108 bytes.
+	rootfs, err := os.MkdirTemp("/tmp", "kms-rootfs")
 	if err != nil {
 		return err
 	}
@@ -82,10 +84,18 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 	} else {
 		defer os.RemoveAll(rootfs)
 	}
+	// The image's "/" as runtimes make it; MkdirTemp's 0700 would lock the
+	// daemon's user out of its own root.
+	if err := os.Chmod(rootfs, 0o755); err != nil {
+		return err
+	}
 	if err := unpack(img, rootfs); err != nil {
 		return fmt.Errorf("unpack: %w", err)
 	}
 	if err := checkRootfs(rootfs); err != nil {
+		return err
+	}
+	if err := runtimeDevices(rootfs); err != nil {
 		return err
 	}
 
@@ -187,6 +197,25 @@ func checkRootfs(rootfs string) error {
 		names = append(names, b.Name())
 	}
 	step("rootfs ok: no shell, /tmp 1777, /home/nonroot 0700 65532; /usr/bin: %s", strings.Join(names, " "))
+	return nil
+}
+
+// runtimeDevices adds the device nodes every OCI runtime provides in /dev
+// (the image itself has no /dev); exec.Cmd, for one, opens /dev/null.
+func runtimeDevices(rootfs string) error {
+	dev := filepath.Join(rootfs, "dev")
+	if err := os.Mkdir(dev, 0o755); err != nil {
+		return err
+	}
+	for name, minor := range map[string]int{"null": 3, "zero": 5, "random": 8, "urandom": 9} {
+		p := filepath.Join(dev, name)
+		if err := syscall.Mknod(p, syscall.S_IFCHR|0o666, int(unix.Mkdev(1, uint32(minor)))); err != nil {
+			return fmt.Errorf("mknod %s: %w", p, err)
+		}
+		if err := os.Chmod(p, 0o666); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -1,0 +1,389 @@
+"""Rules that build the release image, in the spirit of rules_oci but offline.
+
+rules_oci cannot work here (its toolchains download crane/regctl/jq and its bases come from
+public registries), so the steps are Go code (//release/cmd/imagebuilder, built by Bazel):
+
+    distroless_base   Debian debs (pinned) -> base layer: users, /tmp, CA bundle, zoneinfo
+    binary_layer      go_binary targets    -> layer of static binaries under /usr/bin
+    oci_image         layers               -> OCI image layout (directory) + digest file
+    oci_archive       oci_image            -> OCI archive (tar of the layout)
+    spdx_sbom         oci_image            -> SPDX 2.3 JSON of its Go modules and debs
+    oci_push          oci_image            -> `bazel run` target that pushes to a registry
+    oci_image_test    oci_image            -> runs the image's entrypoint from its unpacked
+                                              root filesystem (needs root: chroot)
+
+Every output is reproducible. Plain builds use version "dev" and time 0; --stamp builds
+with --workspace_status_command=release/workspace_status.sh take the version, commit and
+SOURCE_DATE_EPOCH (or last commit time) from git.
+"""
+
+load("@io_bazel_rules_go//go:def.bzl", "GoArchive")
+
+OciLayerInfo = provider(
+    doc = "A layer made by imagebuilder.",
+    fields = {
+        "layer": "File: the gzip tar",
+        "info": "File: imagebuilder's JSON description of it",
+        "binaries": "dict of image path -> struct(file, packages): the binary and a file listing the Go import paths linked into it, for the SBOM",
+        "lock": "File or None: the Debian lock the layer was made from",
+    },
+)
+
+OciImageInfo = provider(
+    doc = "An OCI image layout made by oci_image.",
+    fields = {
+        "layout": "File (directory): the OCI image layout",
+        "digest": "File: the manifest digest, sha256:...",
+        "binaries": "dict of image path -> struct(file, packages), from the layers",
+        "locks": "list of Debian lock Files",
+    },
+)
+
+_BUILDER = attr.label(
+    default = Label("//release/cmd/imagebuilder"),
+    executable = True,
+    cfg = "exec",
+)
+
+_STAMP = attr.bool(
+    doc = "Set by the macros from --stamp: take version, commit and time from the workspace status.",
+)
+
+def _stamp_args(ctx, args):
+    if ctx.attr.stamp:
+        args.add("--stamp-status-file", ctx.info_file)
+        return [ctx.info_file]
+    return []
+
+def _stamped():
+    return select({
+        Label("//release:stamp"): True,
+        "//conditions:default": False,
+    })
+
+def _layer_outputs(ctx):
+    return (
+        ctx.actions.declare_file(ctx.label.name + ".tar.gz"),
+        ctx.actions.declare_file(ctx.label.name + ".json"),
+    )
+
+def _distroless_base_impl(ctx):
+    layer, info = _layer_outputs(ctx)
+    args = ctx.actions.args()
+    args.add("base-layer")
+    args.add("--debian-lock", ctx.file.lock)
+    args.add_all(ctx.files.debs, before_each = "--deb")
+    args.add("--out", layer)
+    args.add("--info", info)
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = [args],
+        inputs = [ctx.file.lock] + ctx.files.debs + _stamp_args(ctx, args),
+        outputs = [layer, info],
+        mnemonic = "DistrolessBase",
+        progress_message = "Building base layer %{label}",
+    )
+    return [
+        DefaultInfo(files = depset([layer])),
+        OciLayerInfo(layer = layer, info = info, binaries = {}, lock = ctx.file.lock),
+    ]
+
+_distroless_base = rule(
+    implementation = _distroless_base_impl,
+    attrs = {
+        "lock": attr.label(mandatory = True, allow_single_file = [".json"]),
+        "debs": attr.label(mandatory = True, allow_files = [".deb"]),
+        "stamp": _STAMP,
+        "_builder": _BUILDER,
+    },
+)
+
+def distroless_base(name, lock, debs, **kwargs):
+    """A distroless-equivalent base layer from the Debian packages of a lock file.
+
+    Args:
+      name: target name; outputs NAME.tar.gz and NAME.json.
+      lock: the lock file (release/debian.lock.json).
+      debs: the packages it pins (@kms_debian//:debs).
+      **kwargs: common attributes.
+    """
+    _distroless_base(name = name, lock = lock, debs = debs, stamp = _stamped(), **kwargs)
+
+_PURE = str(Label("@io_bazel_rules_go//go/config:pure"))
+_STATIC = str(Label("@io_bazel_rules_go//go/config:static"))
+
+def _static_go_impl(_settings, _attr):
+    return {_PURE: True, _STATIC: True}
+
+# The base has no libc or loader, and rules_go links dynamically whenever a C toolchain
+# exists. The same settings as go_binary(pure = "on", static = "on"), so a binary already
+# declared that way is not built twice.
+_static_go = transition(
+    implementation = _static_go_impl,
+    inputs = [],
+    outputs = [_PURE, _STATIC],
+)
+
+def _importpath(archive_data):
+    return archive_data.importpath
+
+def _binary_layer_impl(ctx):
+    layer, info = _layer_outputs(ctx)
+    binaries = {}
+    for target, path in ctx.attr.binaries.items():
+        exe = target[DefaultInfo].files_to_run.executable
+        if not exe or GoArchive not in target:
+            fail("%s is not a go_binary" % target.label)
+
+        # rules_go embeds no module list in the binary; what Bazel linked is the truth.
+        packages = ctx.actions.declare_file("%s.%s.packages" % (ctx.label.name, target.label.name))
+        pkg_args = ctx.actions.args()
+        pkg_args.set_param_file_format("multiline")
+        pkg_args.add_all(target[GoArchive].transitive, map_each = _importpath)
+        ctx.actions.write(packages, pkg_args)
+        binaries[path] = struct(file = exe, packages = packages)
+    args = ctx.actions.args()
+    args.add("binary-layer")
+    for path, b in sorted(binaries.items()):
+        args.add("--binary", "%s=%s" % (path, b.file.path))
+    args.add("--out", layer)
+    args.add("--info", info)
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = [args],
+        inputs = [b.file for b in binaries.values()] + _stamp_args(ctx, args),
+        outputs = [layer, info],
+        mnemonic = "BinaryLayer",
+        progress_message = "Building binary layer %{label}",
+    )
+    return [
+        DefaultInfo(files = depset([layer])),
+        OciLayerInfo(layer = layer, info = info, binaries = binaries, lock = None),
+    ]
+
+_binary_layer = rule(
+    implementation = _binary_layer_impl,
+    attrs = {
+        "binaries": attr.label_keyed_string_dict(mandatory = True, cfg = _static_go),
+        "stamp": _STAMP,
+        "_builder": _BUILDER,
+    },
+)
+
+def binary_layer(name, binaries, **kwargs):
+    """A layer of static binaries, 0755 root:root.
+
+    Args:
+      name: target name; outputs NAME.tar.gz and NAME.json.
+      binaries: dict of go_binary target -> absolute path in the image. They are built
+        pure Go and static; imagebuilder also refuses any dynamically linked binary.
+      **kwargs: common attributes.
+    """
+    _binary_layer(name = name, binaries = binaries, stamp = _stamped(), **kwargs)
+
+def _oci_image_impl(ctx):
+    layout = ctx.actions.declare_directory(ctx.label.name)
+    digest = ctx.actions.declare_file(ctx.label.name + ".digest")
+    args = ctx.actions.args()
+    args.add("image")
+    inputs = []
+    binaries = {}
+    locks = []
+    for l in ctx.attr.layers:
+        li = l[OciLayerInfo]
+        args.add("--layer", "%s=%s" % (li.layer.path, li.info.path))
+        inputs += [li.layer, li.info]
+        binaries.update(li.binaries)
+        if li.lock:
+            locks.append(li.lock)
+    args.add_all(ctx.attr.entrypoint, before_each = "--entrypoint")
+    args.add("--title", ctx.attr.title)
+    if ctx.attr.source:
+        args.add("--source", ctx.attr.source)
+    if ctx.attr.licenses:
+        args.add("--licenses", ctx.attr.licenses)
+    args.add("--layout", layout.path)
+    args.add("--digest", digest)
+    inputs += _stamp_args(ctx, args)
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = [args],
+        inputs = inputs,
+        outputs = [layout, digest],
+        mnemonic = "OciImage",
+        progress_message = "Assembling OCI image %{label}",
+    )
+    return [
+        DefaultInfo(files = depset([layout, digest]), runfiles = ctx.runfiles([layout])),
+        OciImageInfo(layout = layout, digest = digest, binaries = binaries, locks = locks),
+    ]
+
+_oci_image = rule(
+    implementation = _oci_image_impl,
+    attrs = {
+        "layers": attr.label_list(mandatory = True, providers = [OciLayerInfo]),
+        "entrypoint": attr.string_list(mandatory = True),
+        "title": attr.string(default = "kms"),
+        "source": attr.string(),
+        "licenses": attr.string(),
+        "stamp": _STAMP,
+        "_builder": _BUILDER,
+    },
+)
+
+def oci_image(name, layers, entrypoint, **kwargs):
+    """An OCI image layout running ENTRYPOINT as 65532:65532.
+
+    Args:
+      name: target name; outputs the layout directory NAME and NAME.digest.
+      layers: distroless_base / binary_layer targets, bottom first.
+      entrypoint: the command; the first word must be a binary of a layer.
+      **kwargs: title, source (repository URL), licenses (SPDX expression) for the
+        org.opencontainers.image.* annotations, and common attributes.
+    """
+    _oci_image(name = name, layers = layers, entrypoint = entrypoint, stamp = _stamped(), **kwargs)
+
+def _oci_archive_impl(ctx):
+    out = ctx.actions.declare_file(ctx.label.name + ".tar")
+    layout = ctx.attr.image[OciImageInfo].layout
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = ["archive", "--layout", layout.path, "--out", out.path],
+        inputs = [layout],
+        outputs = [out],
+        mnemonic = "OciArchive",
+        progress_message = "Writing OCI archive %{label}",
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+oci_archive = rule(
+    implementation = _oci_archive_impl,
+    doc = "The image as an OCI archive (NAME.tar): `skopeo copy oci-archive:NAME.tar ...`.",
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "_builder": _BUILDER,
+    },
+)
+
+def _spdx_sbom_impl(ctx):
+    out = ctx.actions.declare_file(ctx.label.name + ".spdx.json")
+    image = ctx.attr.image[OciImageInfo]
+    if len(image.locks) != 1:
+        fail("%s: want exactly one distroless_base layer" % ctx.attr.image.label)
+    args = ctx.actions.args()
+    args.add("sbom")
+    for path, b in sorted(image.binaries.items()):
+        args.add("--binary", "%s=%s=%s" % (path, b.file.path, b.packages.path))
+    args.add("--go-mod", ctx.file._go_mod)
+    args.add("--debian-lock", image.locks[0])
+    args.add("--name", ctx.attr.title)
+    if ctx.attr.licenses:
+        args.add("--licenses", ctx.attr.licenses)
+    args.add("--out", out)
+    ctx.actions.run(
+        executable = ctx.executable._builder,
+        arguments = [args],
+        inputs = [f for b in image.binaries.values() for f in (b.file, b.packages)] +
+                 image.locks + [ctx.file._go_mod] + _stamp_args(ctx, args),
+        outputs = [out],
+        mnemonic = "SpdxSbom",
+        progress_message = "Writing SBOM %{label}",
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+_spdx_sbom = rule(
+    implementation = _spdx_sbom_impl,
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "title": attr.string(default = "kms"),
+        "licenses": attr.string(),
+        "stamp": _STAMP,
+        "_builder": _BUILDER,
+        "_go_mod": attr.label(default = Label("//:go.mod"), allow_single_file = True),
+    },
+)
+
+def spdx_sbom(name, image, **kwargs):
+    """An SPDX 2.3 JSON SBOM (NAME.spdx.json) of the image's binaries and base packages.
+
+    Args:
+      name: target name.
+      image: an oci_image target.
+      **kwargs: title, licenses, and common attributes.
+    """
+    _spdx_sbom(name = name, image = image, stamp = _stamped(), **kwargs)
+
+def _runner(ctx, tool, image, extra_args):
+    """Writes a script that runs TOOL on IMAGE's layout from the runfiles tree."""
+    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ws = ctx.workspace_name
+    ctx.actions.write(
+        output = script,
+        is_executable = True,
+        content = """#!/usr/bin/env bash
+set -euo pipefail
+runfiles=${{RUNFILES_DIR:-$0.runfiles}}
+exec "$runfiles/{ws}/{tool}" --layout "$runfiles/{ws}/{layout}" {extra} "$@"
+""".format(
+            ws = ws,
+            tool = tool.short_path,
+            layout = image.layout.short_path,
+            extra = " ".join([_shell_quote(a) for a in extra_args]),
+        ),
+    )
+    runfiles = ctx.runfiles([tool, image.layout]).merge(
+        ctx.attr._tool[DefaultInfo].default_runfiles,
+    )
+    return DefaultInfo(executable = script, runfiles = runfiles)
+
+def _shell_quote(s):
+    return "'" + s.replace("'", "'\\''") + "'"
+
+def _oci_push_impl(ctx):
+    return [_runner(ctx, ctx.executable._tool, ctx.attr.image[OciImageInfo], [])]
+
+oci_push = rule(
+    implementation = _oci_push_impl,
+    executable = True,
+    doc = """`bazel run NAME -- --repository HOST/NAME[:TAG]` pushes the image and prints
+HOST/NAME@sha256:... . Plain HTTP only for loopback registries.""",
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "_tool": attr.label(default = Label("//release/cmd/push"), executable = True, cfg = "target"),
+    },
+)
+
+def _oci_image_test_impl(ctx):
+    return [_runner(ctx, ctx.executable._tool, ctx.attr.image[OciImageInfo], ["--kek-command", ctx.attr.kek_command])]
+
+_oci_image_test = rule(
+    implementation = _oci_image_test_impl,
+    test = True,
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "kek_command": attr.string(mandatory = True),
+        "_tool": attr.label(default = Label("//release/cmd/imagecheck"), executable = True, cfg = "target"),
+    },
+)
+
+def oci_image_test(name, image, kek_command, tags = [], **kwargs):
+    """Unpacks the image and runs its entrypoint with chroot as 65532:65532, then drives
+    the daemon over its socket (KMS v2 and v1beta1).
+
+    It needs root (chroot, chown) and no sandbox, so it is tagged manual and local: run it
+    with `tools/bazel test NAME` (release/ci.sh does).
+
+    Args:
+      name: target name.
+      image: an oci_image target.
+      kek_command: the daemon's --command inside the image (no shell there: word-split).
+      tags: more tags.
+      **kwargs: common test attributes.
+    """
+    _oci_image_test(
+        name = name,
+        image = image,
+        kek_command = kek_command,
+        tags = tags + ["manual", "local", "requires-root"],
+        **kwargs
+    )
