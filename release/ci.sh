@@ -4,7 +4,9 @@
 #      directories give the same image manifest digest (both printed);
 #   2. release/release.sh against a loopback registry: push, sign, SBOM attestation, verify,
 #      air-gap bundle; then the image pulled back by digest is byte-equal to the build;
-#   3. cosign: verify fails with a wrong key; the bundle verifies offline; `cosign load` of
+#   3. the image runs: //release:image_test unpacks it and runs the daemon with
+#      chroot --userspec=65532:65532 and the bundled kek-file, and calls it over its socket;
+#   4. cosign: verify fails with a wrong key; the bundle verifies offline; `cosign load` of
 #      the bundle into a second registry verifies there.
 # Needs root (tools/bazel's chroot) and the network to the Go module proxy and apt mirror.
 set -euo pipefail
@@ -73,7 +75,11 @@ check "pushed digest is the built digest" test "${ref#*@}" = "$built"
 check "pull back by digest is byte-equal" \
 	tools/bazel run "${flags[@]}" //release/cmd/pullcheck -- --layout "$(tools/bazel info "${flags[@]}" bazel-bin 2>/dev/null)/release/image" --reference "$ref"
 
-# 3. cosign checks a user would run.
+# 3. The image, as a kubelet would run it.
+check "image runs as 65532 with no shell and serves KMS v2/v1beta1" \
+	tools/bazel test "${flags[@]}" --test_output=all //release:image_test
+
+# 4. cosign checks a user would run.
 fails() { ! "$@"; }
 verify() { # KEY REF [extra flags]
 	local key=$1 r=$2
