@@ -41,8 +41,9 @@ bin=$(tools/bazel info "${bazel_flags[@]}" bazel-bin 2>/dev/null)
 version=$(awk '$1 == "STABLE_KMS_VERSION" { print $2 }' "$(tools/bazel info output_path 2>/dev/null)/stable-status.txt")
 
 say "pushing to $repository"
-tools/bazel run "${bazel_flags[@]}" //release:push -- --repository "$repository" --digest-file "$out/pushed"
-ref=$(<"$out/pushed")
+# Bazel runs the push in its chroot, which sees only some host paths: take its stdout.
+ref=$(tools/bazel run "${bazel_flags[@]}" //release:push -- --repository "$repository")
+echo "$ref" >"$out/pushed"
 read -ra flags <<<"$(cosign_registry_flags "$ref")"
 offline=(--use-signing-config=false --tlog-upload=false -y --new-bundle-format=false)
 

@@ -117,7 +117,12 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 	args := append([]string{"--userspec=65532:65532", rootfs}, cf.Config.Entrypoint...)
 	args = append(args, cf.Config.Cmd...)
 	args = append(args, "--command", kekCommand, "--endpoint", "unix://"+sock)
-	cmd := exec.Command("chroot", args...)
+	chroot, err := exec.LookPath("chroot")
+	if err != nil {
+		// Bazel tests run with a PATH that has no sbin directories.
+		chroot = "/usr/sbin/chroot"
+	}
+	cmd := exec.Command(chroot, args...)
 	// The image's environment only, as a runtime would set it.
 	cmd.Env = cf.Config.Env
 	var logs bytes.Buffer

@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -26,7 +25,6 @@ import (
 func main() {
 	layoutDir := flag.String("layout", "", "OCI image layout holding exactly one image (required)")
 	repository := flag.String("repository", "", "HOST[:PORT]/NAME[:TAG] to push to; without a tag the image is pushed by digest only (required)")
-	digestFile := flag.String("digest-file", "", "also write the pushed REPOSITORY@sha256:... to this file")
 	flag.Parse()
 	if *layoutDir == "" || *repository == "" || flag.NArg() > 0 {
 		flag.Usage()
@@ -38,18 +36,6 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Println(ref)
-	if *digestFile != "" {
-		// `bazel run` starts us in the runfiles tree; a relative path is
-		// meant relative to where the user ran the command.
-		path := *digestFile
-		if wd := os.Getenv("BUILD_WORKING_DIRECTORY"); wd != "" && !filepath.IsAbs(path) {
-			path = filepath.Join(wd, path)
-		}
-		if err := os.WriteFile(path, []byte(ref+"\n"), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, "push:", err)
-			os.Exit(1)
-		}
-	}
 }
 
 func push(layoutDir, repository string) (string, error) {
