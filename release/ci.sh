@@ -45,9 +45,8 @@ ensure_registry
 flags=(--stamp --workspace_status_command=release/workspace_status.sh)
 
 # 1. Two clean builds of HEAD, in directories of different names and depths.
-repro_build() { # DIR: prints the manifest digest
-	local dir=$1 ob=$work/ob-$RANDOM
-	output_bases+=("$ob")
+repro_build() { # DIR OUTPUT_BASE: prints the manifest digest
+	local dir=$1 ob=$2
 	mkdir -p "$(dirname "$dir")"
 	git clone -q --no-hardlinks "$repo_root" "$dir"
 	(cd "$dir" && nice -n 10 tools/bazel --output_base="$ob" build "${flags[@]}" //release:image >&2 &&
@@ -55,8 +54,10 @@ repro_build() { # DIR: prints the manifest digest
 		tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
 }
 say "reproducibility: two clean builds of $(git rev-parse --short HEAD)"
-digest_a=$(repro_build "$work/a/kms")
-digest_b=$(repro_build "$work/bb/cc/kms-copy")
+# (Registered here, not in repro_build: that runs in a subshell.)
+output_bases+=("$work/ob-a" "$work/ob-b")
+digest_a=$(repro_build "$work/a/kms" "$work/ob-a")
+digest_b=$(repro_build "$work/bb/cc/kms-copy" "$work/ob-b")
 echo "release/ci: reproducibility: build 1 ($work/a/kms): $digest_a"
 echo "release/ci: reproducibility: build 2 ($work/bb/cc/kms-copy): $digest_b"
 check "reproducible image digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"

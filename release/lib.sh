@@ -110,8 +110,13 @@ start_registry() {
 stop_registry() {
 	local pid
 	pid=$(cat "$1/pid" 2>/dev/null) || return 0
-	kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
 	rm -f "$1/pid"
+	kill "$pid" 2>/dev/null || return 0
+	# Not always our child (started from a command substitution): poll, do not wait.
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.1
+	done
 }
 
 # cosign's --allow-http-registry only for loopback registries.
