@@ -31,8 +31,7 @@ func ServeNoop(endpoint string, log *slog.Logger) error {
 		return err
 	}
 	gs := grpc.NewServer()
-	v1beta1.RegisterKeyManagementServiceServer(gs, noopV1{})
-	v2.RegisterKeyManagementServiceServer(gs, noopV2{})
+	RegisterNoop(gs)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(l) }()
 	log.Info("serving the do-nothing plugin", "socket", l.Addr().String())
@@ -43,6 +42,12 @@ func ServeNoop(endpoint string, log *slog.Logger) error {
 	}
 	gs.GracefulStop()
 	return nil
+}
+
+// RegisterNoop adds the do-nothing KMS v1beta1 and v2 services to s.
+func RegisterNoop(s *grpc.Server) {
+	v1beta1.RegisterKeyManagementServiceServer(s, noopV1{})
+	v2.RegisterKeyManagementServiceServer(s, noopV2{})
 }
 
 type noopV1 struct {

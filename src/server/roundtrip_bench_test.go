@@ -1,0 +1,107 @@
+package server_test
+
+import (
+	"context"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/grpc"
+
+	"github.com/cmdkms/kms/proto/v1beta1"
+	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/metrics"
+	"github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/tools/bench/load"
+)
+
+type staticKeys struct{ set *codec.Set }
+
+func (k staticKeys) Keys() *codec.Set { return k.set }
+
+// BenchmarkRoundTrip makes tools/bench's call mix over a unix socket, the
+// client in this process, against the do-nothing plugin ("noop") and the
+// KMS services, with and without the metrics interceptor as
+// src/cmd/kms installs it. Client and server share the CPUs, so ns/op and
+// allocs/op count both; the differences between the three are the
+// server's. go test -run '^$' -bench RoundTrip ./src/server
+func BenchmarkRoundTrip(b *testing.B) {
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	k, err := kek.NewKey(secret)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ck, err := codec.NewKey(k)
+	if err != nil {
+		b.Fatal(err)
+	}
+	keys := staticKeys{codec.NewSet([]*codec.Key{ck})}
+	for _, v := range []struct {
+		name  string
+		build func() *grpc.Server
+	}{
+		{"noop", func() *grpc.Server {
+			gs := grpc.NewServer()
+			load.RegisterNoop(gs)
+			return gs
+		}},
+		{"kms", func() *grpc.Server {
+			gs := grpc.NewServer()
+			server.Register(gs, keys, codec.AESGCM, "bench")
+			return gs
+		}},
+		{"kms+metrics", func() *grpc.Server {
+			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
+			gs := grpc.NewServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
+			server.Register(gs, keys, codec.AESGCM, "bench")
+			return gs
+		}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			c := serve(b, v.build())
+			corpus, err := load.NewCorpus(context.Background(), c, 100)
+			if err != nil {
+				b.Fatal(err)
+			}
+			op := corpus.Workload(c, load.AllKinds)
+			var seq atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(32) // 64 callers on 2 CPUs, as tools/bench
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := op(context.Background(), 0, int(seq.Add(1))); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func serve(b *testing.B, gs *grpc.Server) *load.Client {
+	dir, err := os.MkdirTemp("", "kms")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+	l, err := server.Listen("unix://"+sock, 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go gs.Serve(l)
+	b.Cleanup(gs.Stop)
+	c, err := load.Dial("unix://" + sock)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	return c
+}
