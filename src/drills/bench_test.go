@@ -53,8 +53,8 @@ func TestBenchTool(t *testing.T) {
 			t.Errorf("%s: storm made %d calls (restarted: %v)", s.Name, s.Storm.Requests, s.Restarted)
 		}
 	}
-	if rep.KMS.Refresh == nil || rep.KMS.Refresh.Requests != cfg.Rounds*cfg.Requests {
-		t.Error("the refresh phase did not run")
+	if rep.KMS.Refresh == nil || rep.KMS.Refresh.Requests < cfg.Rounds*cfg.Requests || rep.KMS.RefreshRuns == 0 {
+		t.Error("the refresh phase did not run, or no KEK command run ended in it")
 	}
 	for _, want := range []string{"throughput", "server CPU per request", "latency p99", "p99 during KEK refresh", "RSS after", "storm (after a restart)", "failed requests, all phases"} {
 		if !strings.Contains(out.String(), want) {

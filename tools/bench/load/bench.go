@@ -176,9 +176,12 @@ func Bench(cfg Config) (rep *Report, err error) {
 		if kms.argv == nil || cfg.KEKDelay <= 0 {
 			continue
 		}
-		cfg.progress("round %d/%d: kms while its KEK command (%v) is re-run every %v", round+1, cfg.Rounds, cfg.KEKDelay, cfg.RefreshEvery)
+		// Long enough, at this round's rate, to span the end of a run (when
+		// the new keys are installed), not only the waiting for one.
+		n := max(cfg.Requests, int(rep.KMS.Steady.PerSecond()*2*cfg.KEKDelay.Seconds()))
+		cfg.progress("round %d/%d: kms, %d requests while its KEK command (%v) is re-run every %v", round+1, cfg.Rounds, n, cfg.KEKDelay, cfg.RefreshEvery)
 		r, cpu, runs, err := cfg.duringRefresh(kms, func() (*Result, time.Duration, error) {
-			return measure(targets[0], cfg.Callers, cfg.Requests, workload(targets[0]))
+			return measure(targets[0], cfg.Callers, n, workload(targets[0]))
 		})
 		if err != nil {
 			return nil, err
@@ -403,9 +406,9 @@ func (r *Report) rows() ([]row, bool) {
 	cpu := ratio(float64(k.CPUPerRequest()), float64(n.CPUPerRequest()))
 	rows = append(rows,
 		row{"throughput, requests/s", fmt.Sprintf("%.0f", k.Steady.PerSecond()), fmt.Sprintf("%.0f", n.Steady.PerSecond()),
-			fmt.Sprintf("%.2f", tput), fmt.Sprintf(">= %.2f", minThroughputRatio), judge(tput >= minThroughputRatio)},
+			fmt.Sprintf("%.3f", tput), fmt.Sprintf(">= %.2f", minThroughputRatio), judge(tput >= minThroughputRatio)},
 		row{"server CPU per request", dur(k.CPUPerRequest()), dur(n.CPUPerRequest()),
-			fmt.Sprintf("%.2f", cpu), fmt.Sprintf("<= %.2f", maxCPURatio), judge(cpu <= maxCPURatio)},
+			fmt.Sprintf("%.3f", cpu), fmt.Sprintf("<= %.2f", maxCPURatio), judge(cpu <= maxCPURatio)},
 		row{"latency p50", dur(k.Steady.Percentile(0.5)), dur(n.Steady.Percentile(0.5)), ratioStr(k.Steady.Percentile(0.5), n.Steady.Percentile(0.5)), "", ""},
 	)
 	p99 := row{"latency p99", dur(k.Steady.Percentile(0.99)), dur(n.Steady.Percentile(0.99)), ratioStr(k.Steady.Percentile(0.99), n.Steady.Percentile(0.99)), "", ""}
@@ -418,7 +421,7 @@ func (r *Report) rows() ([]row, bool) {
 		rr := ratio(float64(k.Refresh.Percentile(0.99)), float64(k.Steady.Percentile(0.99)))
 		rows = append(rows,
 			row{fmt.Sprintf("p99 during KEK refresh (%v command)", r.KEKDelay), dur(k.Refresh.Percentile(0.99)), dur(n.Steady.Percentile(0.99)),
-				fmt.Sprintf("%.2f", rr), fmt.Sprintf("<= %.2f x kms steady p99", maxRefreshP99Ratio), judge(rr <= maxRefreshP99Ratio && k.RefreshRuns > 0)},
+				fmt.Sprintf("%.3f", rr), fmt.Sprintf("<= %.2f x kms steady p99", maxRefreshP99Ratio), judge(rr <= maxRefreshP99Ratio && k.RefreshRuns > 0)},
 			row{"  KEK command runs finished meanwhile", fmt.Sprint(k.RefreshRuns), "-", "", "> 0", judge(k.RefreshRuns > 0)},
 			row{"  server CPU per request meanwhile", dur(k.RefreshCPU / time.Duration(max(k.Refresh.Requests, 1))), dur(n.CPUPerRequest()), "", "", ""})
 	}
@@ -427,7 +430,7 @@ func (r *Report) rows() ([]row, bool) {
 		rows = append(rows,
 			row{"RSS before", mib(k.RSSBefore), mib(n.RSSBefore), "", "", ""},
 			row{fmt.Sprintf("RSS after %d more requests", k.RSSRun.Requests), mib(k.RSSAfter), mib(n.RSSAfter),
-				fmt.Sprintf("%.2f", rr), fmt.Sprintf("<= %.2f x kms before", maxRSSRatio), judge(rr <= maxRSSRatio)})
+				fmt.Sprintf("%.3f", rr), fmt.Sprintf("<= %.2f x kms before", maxRSSRatio), judge(rr <= maxRSSRatio)})
 	}
 	if k.Storm != nil {
 		how := "after a restart"
