@@ -468,14 +468,15 @@ func (r *Report) Print(w io.Writer) {
 		}
 	}
 	for _, x := range all {
+		var line strings.Builder
 		for i, s := range x.cells() {
 			if i == 0 {
-				fmt.Fprintf(w, "%-*s", wd[i], s)
+				fmt.Fprintf(&line, "%-*s", wd[i], s)
 			} else {
-				fmt.Fprintf(w, "  %*s", wd[i], s)
+				fmt.Fprintf(&line, "  %*s", wd[i], s)
 			}
 		}
-		fmt.Fprintln(w)
+		fmt.Fprintln(w, strings.TrimRight(line.String(), " "))
 	}
 	fmt.Fprintf(w, "\nratio: kms / do-nothing, unless the target names another reference. All targets met: %s\n", verdict(ok))
 }
