@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -18,7 +19,7 @@ func TestBenchTool(t *testing.T) {
 	t.Parallel()
 	sockDir, _ := shortSock(t)
 	cfg := load.Config{
-		KMS:           kmsBin,
+		KMS:           testbin.KMS(t),
 		NoopCommand:   []string{os.Args[0], "serve-noop"},
 		Dir:           sockDir,
 		Mode:          "aesgcm",

@@ -7,12 +7,10 @@ package drills
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -20,8 +18,8 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/internal/testbin"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -35,8 +33,6 @@ func scale(short, long_ int) int {
 	return short
 }
 
-var kmsBin string
-
 func TestMain(m *testing.M) {
 	// The bench drill starts this test binary as its do-nothing plugin, so
 	// that the plugin is a process of its own, as under tools/bench.
@@ -48,29 +44,18 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	flag.Parse()
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		panic(err)
-	}
-	kmsBin, err = testbin.KMS(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
+	os.Exit(testbin.Main(m))
 }
 
 // daemon is a running kms and a connection to it.
 type daemon struct {
-	*testbin.Daemon
+	*testbin.Proc
 	*load.Client
 }
 
 func startKMS(t *testing.T, sock string, args ...string) *daemon {
 	t.Helper()
-	d := testbin.Start(t, exec.Command(kmsBin, append(args, "--endpoint", "unix://"+sock)...))
+	d := testbin.StartKMS(t, sock, args...)
 	c, err := load.Dial("unix://" + sock)
 	if err != nil {
 		t.Fatal(err)
@@ -79,31 +64,16 @@ func startKMS(t *testing.T, sock string, args ...string) *daemon {
 	return &daemon{d, c}
 }
 
-func newKey() []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}
-
 // writeKeyring replaces path atomically with a text keyring, keys[0]
 // primary, and returns the primary's key_id.
 func writeKeyring(t *testing.T, path string, keys ...[]byte) string {
 	t.Helper()
-	var ring kek.Keyring
-	for _, secret := range keys {
-		k, err := kek.NewKey(bytes.Clone(secret))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ring.Keys = append(ring.Keys, k)
-	}
-	if err := os.WriteFile(path+".tmp", ring.Text(), 0o600); err != nil {
+	testbin.WriteKeyring(t, path, keys...)
+	k, err := kek.NewKey(bytes.Clone(keys[0]))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
-	return ring.Keys[0].ID.String()
+	return k.ID.String()
 }
 
 // object is one DEK that a daemon acknowledged encrypting, through v1
@@ -151,7 +121,7 @@ func (s *store) all() []object {
 // write encrypts a fresh DEK through v1 (even seq) or v2 (odd) and keeps
 // it once the daemon answers.
 func write(ctx context.Context, c *load.Client, s *store, seq int) error {
-	o := object{Plain: newKey()}
+	o := object{Plain: testbin.NewKey()}
 	if seq%2 == 0 {
 		r, err := c.V1.Encrypt(ctx, &v1beta1.EncryptRequest{Version: load.V1APIVersion, Plain: o.Plain})
 		if err != nil {

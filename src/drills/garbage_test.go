@@ -20,6 +20,7 @@ import (
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -55,7 +56,7 @@ type request struct {
 func garbageDrill(t *testing.T, mode string) {
 	dir, sock := shortSock(t)
 	ring := dir + "/keyring"
-	writeKeyring(t, ring, newKey())
+	writeKeyring(t, ring, testbin.NewKey())
 	d := startKMS(t, sock, "--command", "cat "+ring, "--mode", mode)
 	ctx := context.Background()
 

@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -20,7 +21,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	t.Parallel()
 	dir, sock := shortSock(t)
 	ring := filepath.Join(dir, "keyring")
-	writeKeyring(t, ring, newKey())
+	writeKeyring(t, ring, testbin.NewKey())
 	args := []string{"--command", "cat " + ring}
 	kills, perLife := scale(2, 10), scale(500, 20000)
 

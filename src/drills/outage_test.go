@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -40,7 +41,7 @@ func TestKEKOutage(t *testing.T) {
 	resumeLimit := min(timeout/8, 30*time.Second) + failTime + slack
 	dir, sock := shortSock(t)
 	ring := filepath.Join(dir, "keyring")
-	writeKeyring(t, ring, newKey())
+	writeKeyring(t, ring, testbin.NewKey())
 	command := fmt.Sprintf(`if [ -e %[1]s ]; then cat %[1]s; else sleep %d; echo key server unreachable >&2; exit 1; fi`, ring, int(failTime.Seconds()))
 	d := startKMS(t, sock, "--command", command, "--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "10s")
 	loaded := time.Now() // the KEK was loaded just before

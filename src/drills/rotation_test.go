@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -23,7 +24,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	t.Parallel()
 	dir, sock := shortSock(t)
 	ring := filepath.Join(dir, "keyring")
-	keys := [][]byte{newKey()}
+	keys := [][]byte{testbin.NewKey()}
 	ids := []string{writeKeyring(t, ring, keys...)}
 	args := []string{"--command", "cat " + ring}
 	d := startKMS(t, sock, args...)
@@ -49,7 +50,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	})
 	for i := 1; i <= rotations; i++ {
 		waitFor(t, "writes under the current key", time.Minute, func() bool { return objs.len() >= perKey*i })
-		keys = append([][]byte{newKey()}, keys...)
+		keys = append([][]byte{testbin.NewKey()}, keys...)
 		ids = append(ids, writeKeyring(t, ring, keys...))
 		d.Signal(syscall.SIGHUP)
 		waitFor(t, "rotation after SIGHUP", time.Minute, func() bool {

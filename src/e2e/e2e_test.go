@@ -10,7 +10,6 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hmac"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -18,7 +17,6 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -36,56 +34,20 @@ import (
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	featuregatetesting "k8s.io/component-base/featuregate/testing"
 
-	"github.com/cmdkms/kms/src/internal/testbin"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 const secretsPerAPI = 1000
 
-var (
-	kmsBin  string
-	secrets = schema.GroupResource{Resource: "secrets"}
-)
+var secrets = schema.GroupResource{Resource: "secrets"}
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		panic(err)
-	}
-	kmsBin, err = testbin.KMS(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // keyID is the README's key_id rule, computed here independently.
 func keyID(key []byte) string {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("cmdkms key id v1"))
 	return "kek1-" + hex.EncodeToString(m.Sum(nil)[:16])
-}
-
-func newKey() []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}
-
-func writeKeyring(t *testing.T, path string, keys ...[]byte) {
-	t.Helper()
-	text := "kms-keyring v1\n"
-	for _, k := range keys {
-		text += base64.StdEncoding.EncodeToString(k) + "\n"
-	}
-	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // encryptionConfig writes an EncryptionConfiguration for secrets; the first
@@ -148,7 +110,7 @@ func (a *apiserver) write(t *testing.T, prefix string, n int) []object {
 	for i := range objs {
 		o := &objs[i]
 		o.key = fmt.Sprintf("/registry/secrets/e2e/%s-%d", prefix, i)
-		o.plain = fmt.Appendf(nil, `{"kind":"Secret","metadata":{"name":"%s-%d"},"data":{"k":"%x"}}`, prefix, i, newKey())
+		o.plain = fmt.Appendf(nil, `{"kind":"Secret","metadata":{"name":"%s-%d"},"data":{"k":"%x"}}`, prefix, i, testbin.NewKey())
 		var err error
 		o.stored, err = a.tr.TransformToStorage(ctx, o.plain, value.DefaultContext(o.key))
 		if err != nil {
@@ -200,19 +162,15 @@ func countKeyIDs(t *testing.T, objs []object) map[string]int {
 	return ids
 }
 
-func startKMS(t *testing.T, sock string, args ...string) *testbin.Daemon {
-	return testbin.Start(t, exec.Command(kmsBin, append(args, "--endpoint", "unix://"+sock)...))
-}
-
 func TestKubeAPIServerEncryption(t *testing.T) {
 	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	endpoint := "unix://" + sock
-	a, b := newKey(), newKey()
-	writeKeyring(t, ring, a)
+	a, b := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, ring, a)
 	args := []string{"--command", "cat " + ring}
-	d := startKMS(t, sock, args...)
+	d := testbin.StartKMS(t, sock, args...)
 
 	v2Path := encryptionConfig(t, dir, "v2.yaml", endpoint, false)
 	v1Path := encryptionConfig(t, dir, "v1.yaml", endpoint, true)
@@ -233,7 +191,7 @@ func TestKubeAPIServerEncryption(t *testing.T) {
 	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("kms exit %d:\n%s", code, d.Stderr())
 	}
-	d = startKMS(t, sock, args...)
+	d = testbin.StartKMS(t, sock, args...)
 	api2.readAll(t, "running v2 API server after restart", objs)
 	api1.readAll(t, "running v1 API server after restart", objs)
 	fresh := load(t, v2Path)
@@ -243,7 +201,7 @@ func TestKubeAPIServerEncryption(t *testing.T) {
 
 	// Rotate: b becomes primary, a stays listed; a third, 2018-era key joins
 	// as decrypt-only (see the legacy vectors below).
-	writeKeyring(t, ring, b, a, legacyVectors[1].key())
+	testbin.WriteKeyring(t, ring, b, a, legacyVectors[1].key())
 	d.Signal(syscall.SIGHUP)
 	status := v2Status(t, endpoint)
 	deadline := time.Now().Add(30 * time.Second)
@@ -272,7 +230,7 @@ func TestKubeAPIServerEncryption(t *testing.T) {
 	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("kms exit %d", code)
 	}
-	d = startKMS(t, sock, args...)
+	d = testbin.StartKMS(t, sock, args...)
 	last := load(t, v2Path)
 	last.healthy(t)
 	last.readAll(t, "after rotation and restart", append(objs, newObjs...))
@@ -357,7 +315,7 @@ func TestLegacyVectorsWithRawKEK(t *testing.T) {
 	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
 	v := legacyVectors[0]
 	os.WriteFile(raw, v.key(), 0o600)
-	startKMS(t, sock, "--command", "cat "+raw)
+	testbin.StartKMS(t, sock, "--command", "cat "+raw)
 	svc, err := envelope.NewGRPCService(context.Background(), "unix://"+sock, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -368,7 +326,7 @@ func TestLegacyVectorsWithRawKEK(t *testing.T) {
 	}
 	// Random DEKs from the independent encoder too.
 	for range 50 {
-		dek, iv := newKey(), newKey()[:16]
+		dek, iv := testbin.NewKey(), testbin.NewKey()[:16]
 		p, err := svc.Decrypt(legacyEncrypt(v.key(), iv, dek))
 		if err != nil || !bytes.Equal(p, dek) {
 			t.Fatalf("legacy DEK: %v", err)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 type event struct {
@@ -53,7 +54,7 @@ func (r *recorder) has(e event) bool {
 func TestHooksSeeRunsAndKeyChanges(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "keyring")
-	writeKeyring(t, path, newKey(t), newKey(t))
+	testbin.WriteKeyring(t, path, testbin.NewKey(), testbin.NewKey())
 	rec := &recorder{}
 	s, _ := start(t, Config{Command: "cat " + path, Hooks: rec})
 	if !rec.has(event{outcome: OutcomeSuccess}) || !rec.has(event{keys: 2}) {

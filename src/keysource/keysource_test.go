@@ -1,66 +1,26 @@
 package keysource
 
 import (
-	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 // logBuf is an io.Writer the test can read while the loop writes.
-type logBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type logBuf struct{ testbin.Buffer }
 
 func (l *logBuf) count(s string) int { return strings.Count(l.String(), s) }
-
-func newKey(t *testing.T) []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}
-
-// writeKeyring replaces path atomically, so a concurrent `cat` sees the
-// old or the new file, never half of one.
-func writeKeyring(t *testing.T, path string, keys ...[]byte) {
-	t.Helper()
-	text := kek.Header + "\n"
-	for _, k := range keys {
-		text += base64.StdEncoding.EncodeToString(k) + "\n"
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
-}
 
 func idOf(t *testing.T, key []byte) string {
 	r, err := kek.Parse(key)
@@ -131,8 +91,8 @@ func TestArgv(t *testing.T) {
 
 func TestWithoutShellTheCommandRunsDirectly(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring")
-	key := newKey(t)
-	writeKeyring(t, path, key)
+	key := testbin.NewKey()
+	testbin.WriteKeyring(t, path, key)
 	s, logs := start(t, Config{Command: "cat " + path, Shell: "/nonexistent/sh"})
 	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
 		t.Fatalf("primary %s", got)
@@ -227,8 +187,8 @@ func TestStartFails(t *testing.T) {
 func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "keyring")
-	key := newKey(t)
-	writeKeyring(t, path, key)
+	key := testbin.NewKey()
+	testbin.WriteKeyring(t, path, key)
 	const timeout = 2 * time.Second
 	began := time.Now()
 	s, logs := start(t, Config{Command: "cat " + path, Timeout: timeout, CommandTimeout: time.Second})
@@ -247,7 +207,7 @@ func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 		t.Fatal("keys came back while the command still fails")
 	}
 
-	writeKeyring(t, path, key)
+	testbin.WriteKeyring(t, path, key)
 	waitFor(t, "the keys to come back", func() bool { return s.Keys() != nil })
 	waitFor(t, "the restore to be logged", func() bool { return logs.count("KEK restored") > 0 })
 	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
@@ -267,7 +227,7 @@ func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 func TestHungRefreshIsPurgedOnTime(t *testing.T) {
 	dir := t.TempDir()
 	path, hang := filepath.Join(dir, "keyring"), filepath.Join(dir, "hang")
-	writeKeyring(t, path, newKey(t))
+	testbin.WriteKeyring(t, path, testbin.NewKey())
 	const timeout = 2 * time.Second
 	began := time.Now()
 	s, logs := start(t, Config{
@@ -296,8 +256,8 @@ func TestHungRefreshIsPurgedOnTime(t *testing.T) {
 func TestGarbageOnRefreshKeepsServing(t *testing.T) {
 	dir := t.TempDir()
 	path, garbage := filepath.Join(dir, "keyring"), filepath.Join(dir, "garbage")
-	key := newKey(t)
-	writeKeyring(t, path, key)
+	key := testbin.NewKey()
+	testbin.WriteKeyring(t, path, key)
 	s, logs := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then echo GARBAGE-ON-STDOUT; exit 0; fi; cat %s", garbage, path)})
 	os.WriteFile(garbage, nil, 0o600)
 	s.Refresh()
@@ -319,11 +279,11 @@ func TestGarbageOnRefreshKeepsServing(t *testing.T) {
 func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 	dir := t.TempDir()
 	path, slow := filepath.Join(dir, "keyring"), filepath.Join(dir, "slow")
-	a, b := newKey(t), newKey(t)
-	writeKeyring(t, path, a)
+	a, b := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, path, a)
 	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then sleep 2; fi; cat %s", slow, path), CommandTimeout: time.Minute})
 	os.WriteFile(slow, nil, 0o600)
-	writeKeyring(t, path, b, a)
+	testbin.WriteKeyring(t, path, b, a)
 	s.Refresh()
 	began := time.Now()
 	reads := 0
@@ -347,8 +307,8 @@ func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 
 func TestRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring")
-	a, b, c := newKey(t), newKey(t), newKey(t)
-	writeKeyring(t, path, a)
+	a, b, c := testbin.NewKey(), testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, path, a)
 	s, logs := start(t, Config{Command: "cat " + path})
 	oldCT, err := s.Keys().Encrypt(codec.AESGCM, []byte("dek under a"))
 	if err != nil {
@@ -356,7 +316,7 @@ func TestRotation(t *testing.T) {
 	}
 
 	// b becomes primary, a stays listed.
-	writeKeyring(t, path, b, a)
+	testbin.WriteKeyring(t, path, b, a)
 	s.Refresh()
 	waitFor(t, "b to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, b) })
 	newCT, _ := s.Keys().Encrypt(codec.AESGCM, []byte("dek under b"))
@@ -368,7 +328,7 @@ func TestRotation(t *testing.T) {
 	}
 
 	// a is no longer listed: it stays in memory for decrypt only.
-	writeKeyring(t, path, c, b)
+	testbin.WriteKeyring(t, path, c, b)
 	s.Refresh()
 	waitFor(t, "c to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, c) })
 	if p, _, err := s.Keys().Decrypt(oldCT); err != nil || string(p) != "dek under a" {
@@ -388,11 +348,11 @@ func TestRotation(t *testing.T) {
 
 func TestRetiredKeysAreBounded(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "keyring")
-	writeKeyring(t, path, newKey(t))
+	testbin.WriteKeyring(t, path, testbin.NewKey())
 	s, _ := start(t, Config{Command: "cat " + path})
 	for i := 0; i < maxRetired+5; i++ {
-		k := newKey(t)
-		writeKeyring(t, path, k)
+		k := testbin.NewKey()
+		testbin.WriteKeyring(t, path, k)
 		s.Refresh()
 		waitFor(t, "the new key", func() bool { return s.Keys().Primary().KeyID == idOf(t, k) })
 	}

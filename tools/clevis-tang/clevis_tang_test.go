@@ -25,10 +25,10 @@ import (
 
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/kek"
-	"github.com/cmdkms/kms/tools/internal/testproc"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testproc.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 const (
 	tangd       = "/usr/libexec/tangd"
@@ -134,9 +134,9 @@ func run(t *testing.T, stdin []byte, name string, args ...string) []byte {
 
 func TestClevisTangOutageAndRecovery(t *testing.T) {
 	needTools(t)
-	kms := testproc.Binary(t, "KMS_BINARY", "github.com/cmdkms/kms/src/cmd/kms")
-	kekGen := testproc.Binary(t, "KEK_GEN_BINARY", "github.com/cmdkms/kms/tools/kek-gen")
-	dir := testproc.ShortDir(t)
+	kms := testbin.KMS(t)
+	kekGen := testbin.KekGen(t)
+	dir := testbin.ShortDir(t)
 
 	db := filepath.Join(dir, "tang-db")
 	if err := os.Mkdir(db, 0o700); err != nil {
@@ -180,9 +180,8 @@ func TestClevisTangOutageAndRecovery(t *testing.T) {
 	// seconds per run on a busy machine.
 	const timeout = 30 * time.Second
 	sock := filepath.Join(dir, "kms.sock")
-	d := testproc.Start(t, exec.Command(kms, "--command", command, "--endpoint", "unix://"+sock,
-		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "20s"),
-		"serving KMS v1beta1 and v2")
+	d := testbin.StartKMS(t, sock, "--command", command,
+		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "20s")
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

@@ -4,37 +4,25 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
 	"github.com/cmdkms/kms/src/kek"
-	"github.com/cmdkms/kms/tools/internal/testproc"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testproc.Main(m)) }
-
-func runBin(t *testing.T, env, pkg string, args ...string) (string, string, int) {
-	t.Helper()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(testproc.Binary(t, env, pkg), args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if _, ok := err.(*exec.ExitError); err != nil && !ok {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 func kekFile(t *testing.T, args ...string) (string, string, int) {
-	return runBin(t, "KEK_FILE_BINARY", "github.com/cmdkms/kms/tools/kek-file", args...)
+	t.Helper()
+	return testbin.Run(t, testbin.KekFile(t), args...)
 }
 
 func kekGen(t *testing.T, args ...string) {
 	t.Helper()
-	if _, errOut, code := runBin(t, "KEK_GEN_BINARY", "github.com/cmdkms/kms/tools/kek-gen", args...); code != 0 {
+	if _, errOut, code := testbin.Run(t, testbin.KekGen(t), args...); code != 0 {
 		t.Fatalf("kek-gen %v: exit %d: %s", args, code, errOut)
 	}
 }

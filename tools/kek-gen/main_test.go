@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/base64"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,22 +12,15 @@ import (
 	"testing"
 
 	"github.com/cmdkms/kms/src/kek"
-	"github.com/cmdkms/kms/tools/internal/testproc"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testproc.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // kekGen runs the real binary and returns stdout, stderr and the exit code.
 func kekGen(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(testproc.Binary(t, "KEK_GEN_BINARY", "github.com/cmdkms/kms/tools/kek-gen"), args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	if _, ok := err.(*exec.ExitError); err != nil && !ok {
-		t.Fatal(err)
-	}
-	return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	return testbin.Run(t, testbin.KekGen(t), args...)
 }
 
 func mustGen(t *testing.T, args ...string) string {

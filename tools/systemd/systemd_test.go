@@ -20,10 +20,10 @@ import (
 
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/kek"
-	"github.com/cmdkms/kms/tools/internal/testproc"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
-func TestMain(m *testing.M) { os.Exit(testproc.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 // unit reads a unit file into key -> values (a key may repeat).
 func unit(t *testing.T, name string) map[string][]string {
@@ -112,7 +112,7 @@ func needTool(t *testing.T, name string) string {
 // systemd's own parser accepts both units without a single warning.
 func TestUnitsVerify(t *testing.T) {
 	analyze := needTool(t, "systemd-analyze")
-	dir := installed(t, testproc.Binary(t, "KMS_BINARY", "github.com/cmdkms/kms/src/cmd/kms"))
+	dir := installed(t, testbin.KMS(t))
 	cmd := exec.Command(analyze, "verify", "./kms.socket", "./kms.service")
 	cmd.Dir = dir
 	out, err := cmd.CombinedOutput()
@@ -125,7 +125,7 @@ func TestUnitsVerify(t *testing.T) {
 // ("OK"; 10 is no sandboxing at all).
 func TestServiceExposure(t *testing.T) {
 	analyze := needTool(t, "systemd-analyze")
-	dir := installed(t, testproc.Binary(t, "KMS_BINARY", "github.com/cmdkms/kms/src/cmd/kms"))
+	dir := installed(t, testbin.KMS(t))
 	cmd := exec.Command(analyze, "security", "--offline=yes", "--threshold=20", "./kms.service")
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -156,10 +156,10 @@ func TestUnitSettings(t *testing.T) {
 // made before kms runs waits in the socket's queue and is then served.
 func TestSocketActivation(t *testing.T) {
 	activate := needTool(t, "systemd-socket-activate")
-	kms := testproc.Binary(t, "KMS_BINARY", "github.com/cmdkms/kms/src/cmd/kms")
-	kekFile := testproc.Binary(t, "KEK_FILE_BINARY", "github.com/cmdkms/kms/tools/kek-file")
-	kekGen := testproc.Binary(t, "KEK_GEN_BINARY", "github.com/cmdkms/kms/tools/kek-gen")
-	dir := testproc.ShortDir(t)
+	kms := testbin.KMS(t)
+	kekFile := testbin.KekFile(t)
+	kekGen := testbin.KekGen(t)
+	dir := testbin.ShortDir(t)
 
 	// What LoadCredential=kek:/etc/kms/kek gives the service.
 	creds := filepath.Join(dir, "creds")
@@ -187,7 +187,7 @@ func TestSocketActivation(t *testing.T) {
 	// systemd-socket-activate listens, waits for the first connection and
 	// then execs kms with LISTEN_FDS=1 and LISTEN_PID set to its own pid,
 	// which exec keeps: kms's.
-	d := testproc.Start(t, exec.Command(activate, args...), "Listening on "+sock)
+	d := testbin.Start(t, exec.Command(activate, args...), "Listening on "+sock)
 
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

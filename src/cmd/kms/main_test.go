@@ -1,6 +1,6 @@
 package main
 
-// These tests run the real kms binary (see internal/testbin) against real
+// These tests run the real kms binary (see src/testbin) against real
 // unix sockets and real shell commands.
 
 import (
@@ -10,7 +10,6 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -27,28 +26,13 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/internal/testbin"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
-var kmsBin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		panic(err)
-	}
-	kmsBin, err = testbin.KMS(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
 type daemon struct {
-	*testbin.Daemon
+	*testbin.Proc
 	v1 v1beta1.KeyManagementServiceClient
 	v2 v2.KeyManagementServiceClient
 }
@@ -56,11 +40,11 @@ type daemon struct {
 // startDaemon runs kms on sock and connects both API clients.
 func startDaemon(t *testing.T, sock string, args ...string) *daemon {
 	t.Helper()
-	d := testbin.Start(t, exec.Command(kmsBin, append(args, "--endpoint", "unix://"+sock)...))
+	d := testbin.StartKMS(t, sock, args...)
 	return connect(t, d, sock)
 }
 
-func connect(t *testing.T, d *testbin.Daemon, sock string) *daemon {
+func connect(t *testing.T, d *testbin.Proc, sock string) *daemon {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -76,30 +60,10 @@ func runToExit(t *testing.T, args ...string) (int, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var out bytes.Buffer
-	cmd := exec.CommandContext(ctx, kmsBin, args...)
+	cmd := exec.CommandContext(ctx, testbin.KMS(t), args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	cmd.Run()
 	return cmd.ProcessState.ExitCode(), out.String()
-}
-
-func newKey() []byte {
-	k := make([]byte, 32)
-	rand.Read(k)
-	return k
-}
-
-func writeKeyring(t *testing.T, path string, keys ...[]byte) {
-	t.Helper()
-	text := "kms-keyring v1\n"
-	for _, k := range keys {
-		text += base64.StdEncoding.EncodeToString(k) + "\n"
-	}
-	if err := os.WriteFile(path+".tmp", []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 func keyStatus(t *testing.T, d *daemon) *v2.StatusResponse {
@@ -174,8 +138,8 @@ func TestDaemonLifecycle(t *testing.T) {
 	ctx := context.Background()
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	a, b := newKey(), newKey()
-	writeKeyring(t, ring, a)
+	a, b := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, ring, a)
 	args := []string{"--command", "cat " + ring, "--log-level", "debug"}
 	d := startDaemon(t, sock, args...)
 
@@ -204,7 +168,7 @@ func TestDaemonLifecycle(t *testing.T) {
 	}
 
 	// Rotation through the keyring: b primary, a kept.
-	writeKeyring(t, ring, b, a)
+	testbin.WriteKeyring(t, ring, b, a)
 	d.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(20 * time.Second)
 	for keyStatus(t, d).KeyId == stA.KeyId {
@@ -262,7 +226,7 @@ func TestDaemonLifecycle(t *testing.T) {
 func TestRawKEKReadsLegacyCiphertexts(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
-	key := newKey()
+	key := testbin.NewKey()
 	os.WriteFile(raw, key, 0o600)
 	d := startDaemon(t, sock, "--command", "cat "+raw, "--mode", "aescbc")
 
@@ -285,7 +249,7 @@ func TestRawKEKReadsLegacyCiphertexts(t *testing.T) {
 func TestSocketRules(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	ring := filepath.Join(dir, "keyring")
-	writeKeyring(t, ring, newKey())
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
 
 	// A stale socket (its owner died) is replaced.
 	sock := filepath.Join(dir, "kms.sock")
@@ -312,7 +276,7 @@ func TestSocketRules(t *testing.T) {
 func TestSystemdActivation(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	writeKeyring(t, ring, newKey())
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
@@ -321,9 +285,9 @@ func TestSystemdActivation(t *testing.T) {
 	f, _ := l.File()
 	l.Close()
 	// The shell's pid survives exec, so LISTEN_PID can name the daemon.
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, kmsBin, "--command", "cat "+ring)
+	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, testbin.KMS(t), "--command", "cat "+ring)
 	cmd.ExtraFiles = []*os.File{f}
-	d := connect(t, testbin.Start(t, cmd), sock)
+	d := connect(t, testbin.Start(t, cmd, testbin.Ready), sock)
 	f.Close()
 	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, d.Stderr())

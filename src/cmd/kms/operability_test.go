@@ -29,8 +29,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/internal/testbin"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 var healthAddrRE = regexp.MustCompile(`serving /healthz, /readyz and /metrics" address=(\S+)`)
@@ -150,8 +150,8 @@ func TestHealthAndMetrics(t *testing.T) {
 	ctx := context.Background()
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	k1, k2 := newKey(), newKey()
-	writeKeyring(t, ring, k1, k2)
+	k1, k2 := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, ring, k1, k2)
 	const timeout = 6 * time.Second
 	d := startDaemon(t, sock, "--command", "cat "+ring, "--health-address", "127.0.0.1:0",
 		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "3s")
@@ -253,7 +253,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	}
 
 	// The command works again.
-	writeKeyring(t, ring, k1, k2)
+	testbin.WriteKeyring(t, ring, k1, k2)
 	d.Signal(syscall.SIGHUP)
 	waitUntil(t, "the keys back", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 1 })
 	if code, _ := get(t, base+"/readyz"); code != 200 {
@@ -306,15 +306,15 @@ func TestHealthAddressInUse(t *testing.T) {
 func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	ring := filepath.Join(dir, "keyring")
-	k1, k2 := newKey(), newKey()
-	writeKeyring(t, ring, k1, k2)
+	k1, k2 := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, ring, k1, k2)
 	r, err := kek.Parse([]byte("kms-keyring v1\n" + base64.StdEncoding.EncodeToString(k1) + "\n" + base64.StdEncoding.EncodeToString(k2) + "\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	var stdout, stderr strings.Builder
-	cmd := exec.Command(kmsBin, "check", "--command", "echo warming up >&2; cat "+ring)
+	cmd := exec.Command(testbin.KMS(t), "check", "--command", "echo warming up >&2; cat "+ring)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("%v: %s", err, stderr.String())

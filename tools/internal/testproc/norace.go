@@ -1,5 +1,0 @@
-//go:build !race
-
-package testproc
-
-const raceEnabled = false
