@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +17,8 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
+	kmsserver "github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 func TestRunMakesEachCallOnceAndCountsFailures(t *testing.T) {
@@ -130,21 +131,14 @@ func TestReadProcSeesCPUTime(t *testing.T) {
 // sink keeps the spinning loop from being optimised away.
 var sink int
 
-// serve runs the given services on a unix socket in a short temp dir.
-func serve(t *testing.T, s1 v1beta1.KeyManagementServiceServer, s2 v2.KeyManagementServiceServer) *Client {
-	dir, err := os.MkdirTemp("", "kms")
+// serve runs gs on a unix socket in a short temp dir, the socket made by
+// the daemon's own server.Listen, and connects a Client to it.
+func serve(t testing.TB, gs *grpc.Server) *Client {
+	sock := filepath.Join(testbin.ShortDir(t), "s.sock")
+	l, err := kmsserver.Listen("unix://"+sock, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	v1beta1.RegisterKeyManagementServiceServer(gs, s1)
-	v2.RegisterKeyManagementServiceServer(gs, s2)
 	go gs.Serve(l)
 	t.Cleanup(gs.Stop)
 	c, err := Dial("unix://" + sock)
@@ -153,6 +147,14 @@ func serve(t *testing.T, s1 v1beta1.KeyManagementServiceServer, s2 v2.KeyManagem
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// serveServices serves s1 and s2 (see serve).
+func serveServices(t testing.TB, s1 v1beta1.KeyManagementServiceServer, s2 v2.KeyManagementServiceServer) *Client {
+	gs := grpc.NewServer()
+	v1beta1.RegisterKeyManagementServiceServer(gs, s1)
+	v2.RegisterKeyManagementServiceServer(gs, s2)
+	return serve(t, gs)
 }
 
 // lyingV1 answers decrypts with someone else's bytes.
@@ -172,7 +174,7 @@ func TestWorkloadChecksAnswers(t *testing.T) {
 		// wrong is the expected number of wrong answers per len(AllKinds) calls
 		wrong int
 	}{{"noop", noopV1{}, 0}, {"lying", lyingV1{}, 1}} {
-		c := serve(t, tc.v1, noopV2{})
+		c := serveServices(t, tc.v1, noopV2{})
 		corpus, err := NewCorpus(ctx, c, 10)
 		if err != nil {
 			t.Fatal(err)

@@ -1,10 +1,8 @@
-package server_test
+package load
 
 import (
 	"context"
 	"crypto/rand"
-	"os"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 
@@ -15,8 +13,7 @@ import (
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/metrics"
-	"github.com/cmdkms/kms/src/server"
-	"github.com/cmdkms/kms/tools/bench/load"
+	kmsserver "github.com/cmdkms/kms/src/server"
 )
 
 type staticKeys struct{ set *codec.Set }
@@ -28,7 +25,7 @@ func (k staticKeys) Keys() *codec.Set { return k.set }
 // KMS services, with and without the metrics interceptor as
 // src/cmd/kms installs it. Client and server share the CPUs, so ns/op and
 // allocs/op count both; the differences between the three are the
-// server's. go test -run '^$' -bench RoundTrip ./src/server
+// server's. go test -run '^$' -bench RoundTrip ./tools/bench/load
 func BenchmarkRoundTrip(b *testing.B) {
 	secret := make([]byte, 32)
 	rand.Read(secret)
@@ -47,28 +44,28 @@ func BenchmarkRoundTrip(b *testing.B) {
 	}{
 		{"noop", func() *grpc.Server {
 			gs := grpc.NewServer()
-			load.RegisterNoop(gs)
+			RegisterNoop(gs)
 			return gs
 		}},
 		{"kms", func() *grpc.Server {
 			gs := grpc.NewServer()
-			server.Register(gs, keys, codec.AESGCM, "bench")
+			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
 			return gs
 		}},
 		{"kms+metrics", func() *grpc.Server {
 			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
 			gs := grpc.NewServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
-			server.Register(gs, keys, codec.AESGCM, "bench")
+			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
 			return gs
 		}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			c := serve(b, v.build())
-			corpus, err := load.NewCorpus(context.Background(), c, 100)
+			corpus, err := NewCorpus(context.Background(), c, 100)
 			if err != nil {
 				b.Fatal(err)
 			}
-			op := corpus.Workload(c, load.AllKinds)
+			op := corpus.Workload(c, AllKinds)
 			var seq atomic.Int64
 			b.ReportAllocs()
 			b.SetParallelism(32) // 64 callers on 2 CPUs, as tools/bench
@@ -83,25 +80,4 @@ func BenchmarkRoundTrip(b *testing.B) {
 			})
 		})
 	}
-}
-
-func serve(b *testing.B, gs *grpc.Server) *load.Client {
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s.sock")
-	l, err := server.Listen("unix://"+sock, 0o600, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	go gs.Serve(l)
-	b.Cleanup(gs.Stop)
-	c, err := load.Dial("unix://" + sock)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { c.Close() })
-	return c
 }
