@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -159,6 +160,32 @@ func read(ctx context.Context, c *load.Client, o object) error {
 		return load.ErrWrongPlaintext
 	}
 	return nil
+}
+
+// mix runs 16 callers against c in the background until the returned stop
+// is called, which returns the run's Result: even seqs write a fresh DEK
+// into objs, odd ones read back the acknowledged object objs.at(pick(seq)).
+func mix(c *load.Client, objs *store, pick func(seq int) int) (stop func() *load.Result) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var r *load.Result
+	wg.Go(func() {
+		r = load.Run(ctx, 16, math.MaxInt, func(ctx context.Context, _, seq int) error {
+			if seq%2 == 0 {
+				return write(ctx, c, objs, seq/2)
+			}
+			o, ok := objs.at(pick(seq))
+			if !ok {
+				return nil
+			}
+			return read(ctx, c, o)
+		})
+	})
+	return func() *load.Result {
+		cancel()
+		wg.Wait()
+		return r
+	}
 }
 
 // readAll checks every object in s against c, from several callers.

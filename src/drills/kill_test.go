@@ -1,10 +1,7 @@
 package drills
 
 import (
-	"context"
-	"math"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -12,7 +9,6 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/cmdkms/kms/src/testbin"
-	"github.com/cmdkms/kms/tools/bench/load"
 )
 
 // kill -9 of the daemon while callers write and read: after a restart on
@@ -28,26 +24,11 @@ func TestKill9UnderLoad(t *testing.T) {
 	var objs store
 	for life := range kills {
 		d := startKMS(t, sock, args...)
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
-		var r *load.Result
-		wg.Go(func() {
-			r = load.Run(ctx, 16, math.MaxInt, func(ctx context.Context, _, seq int) error {
-				if seq%2 == 0 {
-					return write(ctx, d.Client, &objs, seq/2)
-				}
-				o, ok := objs.at(seq)
-				if !ok {
-					return nil
-				}
-				return read(ctx, d.Client, o)
-			})
-		})
+		stop := mix(d.Client, &objs, func(seq int) int { return seq })
 		waitFor(t, "acknowledged writes", time.Minute, func() bool { return objs.len() >= perLife*(life+1) })
 		d.Stop(t, syscall.SIGKILL)
 		time.Sleep(50 * time.Millisecond) // callers keep calling the dead socket
-		cancel()
-		wg.Wait()
+		r := stop()
 		for code, n := range r.Failures {
 			// A call cut off by the kill, or refused after it, is
 			// Unavailable; one that outlived the run, Canceled.

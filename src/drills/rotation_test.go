@@ -2,9 +2,7 @@ package drills
 
 import (
 	"context"
-	"math"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -13,7 +11,6 @@ import (
 
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/testbin"
-	"github.com/cmdkms/kms/tools/bench/load"
 )
 
 // The KEK is rotated 10 times through the keyring (new primary first, the
@@ -32,22 +29,9 @@ func TestRotationUnderLoad(t *testing.T) {
 	perKey := scale(200, 20000)
 
 	var objs store
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var r *load.Result
-	wg.Go(func() {
-		r = load.Run(ctx, 16, math.MaxInt, func(ctx context.Context, _, seq int) error {
-			if seq%2 == 0 {
-				return write(ctx, d.Client, &objs, seq/2)
-			}
-			// Odd seq spread over every generation written so far.
-			o, ok := objs.at(seq * 7919)
-			if !ok {
-				return nil
-			}
-			return read(ctx, d.Client, o)
-		})
-	})
+	ctx := context.Background()
+	// Reads spread over every generation written so far.
+	stop := mix(d.Client, &objs, func(seq int) int { return seq * 7919 })
 	for i := 1; i <= rotations; i++ {
 		waitFor(t, "writes under the current key", time.Minute, func() bool { return objs.len() >= perKey*i })
 		keys = append([][]byte{testbin.NewKey()}, keys...)
@@ -59,8 +43,7 @@ func TestRotationUnderLoad(t *testing.T) {
 		})
 	}
 	waitFor(t, "writes under the last key", time.Minute, func() bool { return objs.len() >= perKey*(rotations+1) })
-	cancel()
-	wg.Wait()
+	r := stop()
 	// Calls still in flight when the run was cancelled fail with Canceled:
 	// they are the run ending, not the daemon failing.
 	delete(r.Failures, codes.Canceled.String())
