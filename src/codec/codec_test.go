@@ -2,14 +2,13 @@ package codec
 
 import (
 	"bytes"
-	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"strings"
 	"testing"
 
+	"github.com/cmdkms/kms/src/codec/codectest"
 	"github.com/cmdkms/kms/src/kek"
 )
 
@@ -26,54 +25,23 @@ func mustKey(t testing.TB, secret []byte) *Key {
 	return k
 }
 
-func unhex(s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
 func randBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
 }
 
-// legacyEncrypt is an independent, minimal version of the 2018 daemon's
-// encryption, written against crypto/aes and crypto/cipher only.
-func legacyEncrypt(key, iv, plain []byte) []byte {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		panic(err)
-	}
-	n := 16 - len(plain)%16
-	padded := append(bytes.Clone(plain), bytes.Repeat([]byte{byte(n)}, n)...)
-	cipher.NewCBCEncrypter(block, iv).CryptBlocks(padded, padded)
-	return append(append([]byte(":ck:aescbc:v1:"), iv...), padded...)
-}
-
-// Vectors made with `openssl enc -aes-{128,256}-cbc -K .. -iv ..`, a third
-// implementation, so neither Go side can drift unnoticed.
-var legacyVectors = []struct{ key, iv, plain, body string }{
-	{"404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f", "000102030405060708090a0b0c0d0e0f",
-		"a 32-byte data encryption key!!!",
-		"f7a4c89ebef8c0c98baf8b3e731608b060b06e5ccd3e01db3e7f83eb635642f187662b5342a2491ced366cd05a9fcd8f"},
-	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "hello 2018", "8de8683a2e12cfe4c2156e8b5b648197"},
-	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "", "11557791b7c8fa046346c0601c057d8d"},
-}
-
 func TestLegacyVectors(t *testing.T) {
 	other := mustKey(t, randBytes(32))
-	for i, v := range legacyVectors {
-		ct := append(append([]byte(":ck:aescbc:v1:"), unhex(v.iv)...), unhex(v.body)...)
-		if got := legacyEncrypt(unhex(v.key), unhex(v.iv), []byte(v.plain)); !bytes.Equal(got, ct) {
+	for i, v := range codectest.LegacyVectors {
+		ct := v.Ciphertext()
+		if got := codectest.LegacyEncrypt(v.Key(), v.IV(), []byte(v.Plain)); !bytes.Equal(got, ct) {
 			t.Fatalf("vector %d: independent encoder disagrees with openssl", i)
 		}
-		k := mustKey(t, unhex(v.key))
+		k := mustKey(t, v.Key())
 		// The legacy key need not be primary: after a rotation it is not.
 		p, used, err := NewSet([]*Key{other, k}).Decrypt(ct)
-		if err != nil || string(p) != v.plain || used != k {
+		if err != nil || string(p) != v.Plain || used != k {
 			t.Fatalf("vector %d: got %q, %v", i, p, err)
 		}
 	}
@@ -88,7 +56,7 @@ func TestLegacyRandom(t *testing.T) {
 		set := NewSet([]*Key{mustKey(t, secret), mustKey(t, randBytes(32))})
 		for n := 0; n < 50; n++ {
 			plain := randBytes(n)
-			p, _, err := set.Decrypt(legacyEncrypt(secret, randBytes(16), plain))
+			p, _, err := set.Decrypt(codectest.LegacyEncrypt(secret, randBytes(16), plain))
 			if err != nil || !bytes.Equal(p, plain) {
 				t.Fatalf("size %d len %d: %v", size, n, err)
 			}
@@ -108,7 +76,7 @@ func TestLegacyDEKBehindOtherKeys(t *testing.T) {
 	set := NewSet(append(keys, legacy))
 	for range 500 {
 		dek := randBytes(32)
-		p, k, err := set.Decrypt(legacyEncrypt(secret, randBytes(16), dek))
+		p, k, err := set.Decrypt(codectest.LegacyEncrypt(secret, randBytes(16), dek))
 		if err != nil || k != legacy || !bytes.Equal(p, dek) {
 			t.Fatalf("wrong key or error: %v", err)
 		}
@@ -220,7 +188,7 @@ func TestMalformed(t *testing.T) {
 	set := NewSet([]*Key{mustKey(t, randBytes(32))})
 	gcm, _ := set.Encrypt(AESGCM, []byte("p"))
 	cbc, _ := set.Encrypt(AESCBC, []byte("p"))
-	for _, ct := range [][]byte{gcm, cbc, legacyEncrypt(make([]byte, 16), make([]byte, 16), nil)} {
+	for _, ct := range [][]byte{gcm, cbc, codectest.LegacyEncrypt(make([]byte, 16), make([]byte, 16), nil)} {
 		for n := 0; n < len(ct); n++ {
 			if _, _, err := set.Decrypt(ct[:n]); err == nil {
 				t.Fatalf("truncated to %d decrypted", n)
@@ -274,10 +242,10 @@ func BenchmarkEncryptGCM(b *testing.B) {
 }
 
 func FuzzDecrypt(f *testing.F) {
-	secret := unhex(legacyVectors[0].key)
-	set := NewSet([]*Key{mustKey(f, unhex(legacyVectors[1].key)), mustKey(f, secret)})
-	for _, v := range legacyVectors {
-		f.Add(append(append([]byte(":ck:aescbc:v1:"), unhex(v.iv)...), unhex(v.body)...))
+	secret := codectest.LegacyVectors[0].Key()
+	set := NewSet([]*Key{mustKey(f, codectest.LegacyVectors[1].Key()), mustKey(f, secret)})
+	for _, v := range codectest.LegacyVectors {
+		f.Add(v.Ciphertext())
 	}
 	for _, m := range []Mode{AESGCM, AESCBC} {
 		ct, _ := set.Encrypt(m, []byte("0123456789abcdef0123456789abcdef"))

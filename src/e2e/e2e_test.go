@@ -7,8 +7,6 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -34,6 +32,7 @@ import (
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	featuregatetesting "k8s.io/component-base/featuregate/testing"
 
+	"github.com/cmdkms/kms/src/codec/codectest"
 	"github.com/cmdkms/kms/src/testbin"
 )
 
@@ -200,8 +199,8 @@ func TestKubeAPIServerEncryption(t *testing.T) {
 	t.Logf("read back %d secrets after the daemon restarted", len(objs))
 
 	// Rotate: b becomes primary, a stays listed; a third, 2018-era key joins
-	// as decrypt-only (see the legacy vectors below).
-	testbin.WriteKeyring(t, ring, b, a, legacyVectors[1].key())
+	// as decrypt-only (see codectest.LegacyVectors).
+	testbin.WriteKeyring(t, ring, b, a, codectest.LegacyVectors[1].Key())
 	d.Signal(syscall.SIGHUP)
 	status := v2Status(t, endpoint)
 	deadline := time.Now().Add(30 * time.Second)
@@ -240,9 +239,9 @@ func TestKubeAPIServerEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, v := range legacyVectors[1:] {
-		p, err := svc.Decrypt(v.ciphertext())
-		if err != nil || string(p) != v.plain {
+	for i, v := range codectest.LegacyVectors[1:] {
+		p, err := svc.Decrypt(v.Ciphertext())
+		if err != nil || string(p) != v.Plain {
 			t.Fatalf("legacy vector %d: %q, %v", i+1, p, err)
 		}
 	}
@@ -266,73 +265,31 @@ func v2Status(t *testing.T, endpoint string) struct{ KeyID, Healthz string } {
 	return struct{ KeyID, Healthz string }{st.KeyID, st.Healthz}
 }
 
-// The 2018 format: ":ck:aescbc:v1:" ‖ IV ‖ AES-CBC(PKCS#7(plain)) under
-// the raw KEK. The hex was made with openssl; legacyEncrypt is a tiny
-// independent encoder that must agree with it.
-type legacyVector struct{ keyHex, ivHex, plain, bodyHex string }
-
-var legacyVectors = []legacyVector{
-	{"404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f", "000102030405060708090a0b0c0d0e0f",
-		"a 32-byte data encryption key!!!",
-		"f7a4c89ebef8c0c98baf8b3e731608b060b06e5ccd3e01db3e7f83eb635642f187662b5342a2491ced366cd05a9fcd8f"},
-	{"707172737475767778797a7b7c7d7e7f", "000102030405060708090a0b0c0d0e0f", "hello 2018", "8de8683a2e12cfe4c2156e8b5b648197"},
-}
-
-func unhex(s string) []byte {
-	b, err := hex.DecodeString(s)
-	if err != nil {
-		panic(err)
-	}
-	return b
-}
-
-func (v legacyVector) key() []byte { return unhex(v.keyHex) }
-
-func (v legacyVector) ciphertext() []byte {
-	return append(append([]byte(":ck:aescbc:v1:"), unhex(v.ivHex)...), unhex(v.bodyHex)...)
-}
-
-func legacyEncrypt(key, iv, plain []byte) []byte {
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		panic(err)
-	}
-	n := 16 - len(plain)%16
-	padded := append(bytes.Clone(plain), bytes.Repeat([]byte{byte(n)}, n)...)
-	cipher.NewCBCEncrypter(block, iv).CryptBlocks(padded, padded)
-	return append(append([]byte(":ck:aescbc:v1:"), iv...), padded...)
-}
-
 // A daemon started exactly as in 2018 (raw 32-byte KEK on stdout) reads
 // the 2018 daemon's ciphertexts, through kube-apiserver's KMS v1 client.
 func TestLegacyVectorsWithRawKEK(t *testing.T) {
-	for i, v := range legacyVectors {
-		if !bytes.Equal(legacyEncrypt(v.key(), unhex(v.ivHex), []byte(v.plain)), v.ciphertext()) {
-			t.Fatalf("vector %d: the independent encoder disagrees with openssl", i)
-		}
-	}
 	dir := testbin.ShortDir(t)
 	sock, raw := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "kek.bin")
-	v := legacyVectors[0]
-	os.WriteFile(raw, v.key(), 0o600)
+	v := codectest.LegacyVectors[0]
+	os.WriteFile(raw, v.Key(), 0o600)
 	testbin.StartKMS(t, sock, "--command", "cat "+raw)
 	svc, err := envelope.NewGRPCService(context.Background(), "unix://"+sock, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := svc.Decrypt(v.ciphertext())
-	if err != nil || string(p) != v.plain {
+	p, err := svc.Decrypt(v.Ciphertext())
+	if err != nil || string(p) != v.Plain {
 		t.Fatalf("legacy vector: %q, %v", p, err)
 	}
 	// Random DEKs from the independent encoder too.
 	for range 50 {
 		dek, iv := testbin.NewKey(), testbin.NewKey()[:16]
-		p, err := svc.Decrypt(legacyEncrypt(v.key(), iv, dek))
+		p, err := svc.Decrypt(codectest.LegacyEncrypt(v.Key(), iv, dek))
 		if err != nil || !bytes.Equal(p, dek) {
 			t.Fatalf("legacy DEK: %v", err)
 		}
 	}
-	if got := v2Status(t, "unix://"+sock).KeyID; got != keyID(v.key()) {
-		t.Fatalf("raw KEK key_id %s, want %s", got, keyID(v.key()))
+	if got := v2Status(t, "unix://"+sock).KeyID; got != keyID(v.Key()) {
+		t.Fatalf("raw KEK key_id %s, want %s", got, keyID(v.Key()))
 	}
 }
