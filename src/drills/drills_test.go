@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
@@ -204,16 +203,4 @@ func readAll(t *testing.T, c *load.Client, objs []object) {
 func shortSock(t *testing.T) (dir, sock string) {
 	dir = testbin.ShortDir(t)
 	return dir, filepath.Join(dir, "kms.sock")
-}
-
-// waitFor polls cond until it holds, failing the test after limit.
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s after %v", what, limit)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }

@@ -25,7 +25,7 @@ func TestKill9UnderLoad(t *testing.T) {
 	for life := range kills {
 		d := startKMS(t, sock, args...)
 		stop := mix(d.Client, &objs, func(seq int) int { return seq })
-		waitFor(t, "acknowledged writes", time.Minute, func() bool { return objs.len() >= perLife*(life+1) })
+		testbin.WaitFor(t, "acknowledged writes", time.Minute, func() bool { return objs.len() >= perLife*(life+1) })
 		d.Stop(t, syscall.SIGKILL)
 		time.Sleep(50 * time.Millisecond) // callers keep calling the dead socket
 		r := stop()

@@ -99,7 +99,7 @@ func TestKEKOutage(t *testing.T) {
 		_, err := d.V2.Status(ctx, &v2.StatusRequest{})
 		return err
 	}
-	waitFor(t, "purge", timeout+30*time.Second, func() bool { return statusErr() != nil })
+	testbin.WaitFor(t, "purge", timeout+30*time.Second, func() bool { return statusErr() != nil })
 	purged := time.Now()
 	if code := status.Code(statusErr()); code != codes.Unavailable {
 		t.Fatalf("Status while purged: %v; want Unavailable", code)
@@ -113,7 +113,7 @@ func TestKEKOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	recovered := time.Now()
-	waitFor(t, "service after the command recovered", resumeLimit, func() bool { return statusErr() == nil })
+	testbin.WaitFor(t, "service after the command recovered", resumeLimit, func() bool { return statusErr() == nil })
 	resumed := time.Now()
 	time.Sleep(500 * time.Millisecond)
 	stopLoad()

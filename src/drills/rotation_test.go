@@ -33,16 +33,16 @@ func TestRotationUnderLoad(t *testing.T) {
 	// Reads spread over every generation written so far.
 	stop := mix(d.Client, &objs, func(seq int) int { return seq * 7919 })
 	for i := 1; i <= rotations; i++ {
-		waitFor(t, "writes under the current key", time.Minute, func() bool { return objs.len() >= perKey*i })
+		testbin.WaitFor(t, "writes under the current key", time.Minute, func() bool { return objs.len() >= perKey*i })
 		keys = append([][]byte{testbin.NewKey()}, keys...)
 		ids = append(ids, writeKeyring(t, ring, keys...))
 		d.Signal(syscall.SIGHUP)
-		waitFor(t, "rotation after SIGHUP", time.Minute, func() bool {
+		testbin.WaitFor(t, "rotation after SIGHUP", time.Minute, func() bool {
 			st, err := d.V2.Status(ctx, &v2.StatusRequest{})
 			return err == nil && st.KeyId == ids[i]
 		})
 	}
-	waitFor(t, "writes under the last key", time.Minute, func() bool { return objs.len() >= perKey*(rotations+1) })
+	testbin.WaitFor(t, "writes under the last key", time.Minute, func() bool { return objs.len() >= perKey*(rotations+1) })
 	r := stop()
 	// Calls still in flight when the run was cancelled fail with Canceled:
 	// they are the run ending, not the daemon failing.

@@ -52,13 +52,7 @@ func start(t *testing.T, cfg Config) (*Source, *logBuf) {
 // shared, while the assertions about *when* things happen are separate.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbin.WaitFor(t, what, 15*time.Second, cond)
 }
 
 func TestArgv(t *testing.T) {

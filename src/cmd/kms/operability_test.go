@@ -132,17 +132,6 @@ func healthCheck(t *testing.T, sock, service string) healthpb.HealthCheckRespons
 	return resp.Status
 }
 
-func waitUntil(t *testing.T, what string, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // One daemon through its whole life as an operator sees it: ready, counted
 // requests, health over gRPC, then the command breaks (purge: readyz 503,
 // NOT_SERVING, kek_loaded 0, requests Unavailable), then it works again.
@@ -221,10 +210,10 @@ func TestHealthAndMetrics(t *testing.T) {
 	// The command breaks: keys stay until the timeout, then are purged.
 	os.Remove(ring)
 	d.Signal(syscall.SIGHUP)
-	waitUntil(t, "a failed run", 3*timeout, func() bool {
+	testbin.WaitFor(t, "a failed run", 3*timeout, func() bool {
 		return scrape(t, base).value(t, "kms_kek_command_runs_total", "outcome=failed") >= 1
 	})
-	waitUntil(t, "the purge", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 0 })
+	testbin.WaitFor(t, "the purge", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 0 })
 	m = scrape(t, base)
 	if got := m.value(t, "kms_kek_keys"); got != 0 {
 		t.Errorf("kms_kek_keys after purge = %v", got)
@@ -255,7 +244,7 @@ func TestHealthAndMetrics(t *testing.T) {
 	// The command works again.
 	testbin.WriteKeyring(t, ring, k1, k2)
 	d.Signal(syscall.SIGHUP)
-	waitUntil(t, "the keys back", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 1 })
+	testbin.WaitFor(t, "the keys back", 3*timeout, func() bool { return scrape(t, base).value(t, "kms_kek_loaded") == 1 })
 	if code, _ := get(t, base+"/readyz"); code != 200 {
 		t.Fatalf("/readyz after resume: %d", code)
 	}
