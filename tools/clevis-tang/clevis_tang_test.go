@@ -18,9 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
@@ -182,10 +180,7 @@ func TestClevisTangOutageAndRecovery(t *testing.T) {
 	sock := filepath.Join(dir, "kms.sock")
 	d := testbin.StartKMS(t, sock, "--command", command,
 		"--min-timeout", "1s", "--timeout", timeout.String(), "--command-timeout", "20s")
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testbin.Dial(t, sock)
 	defer conn.Close()
 	client := v2.NewKeyManagementServiceClient(conn)
 	ctx := context.Background()
@@ -210,7 +205,7 @@ func TestClevisTangOutageAndRecovery(t *testing.T) {
 	// Tang goes away. A refresh now fails, and the cached KEK keeps serving.
 	tg.stop()
 	down := time.Now()
-	d.Cmd.Process.Signal(syscall.SIGHUP)
+	d.Signal(syscall.SIGHUP)
 	d.WaitLog(t, "KEK refresh failed; serving the cached KEK", timeout)
 	roundTrip("tang down, cached")
 

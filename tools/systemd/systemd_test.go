@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/kek"
@@ -189,10 +188,7 @@ func TestSocketActivation(t *testing.T) {
 	// which exec keeps: kms's.
 	d := testbin.Start(t, exec.Command(activate, args...), "Listening on "+sock)
 
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testbin.Dial(t, sock)
 	defer conn.Close()
 	client := v2.NewKeyManagementServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

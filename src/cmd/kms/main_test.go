@@ -19,9 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/cmdkms/kms/proto/v1beta1"
@@ -46,10 +44,7 @@ func startDaemon(t *testing.T, sock string, args ...string) *daemon {
 
 func connect(t *testing.T, d *testbin.Proc, sock string) *daemon {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testbin.Dial(t, sock)
 	t.Cleanup(func() { conn.Close() })
 	return &daemon{d, v1beta1.NewKeyManagementServiceClient(conn), v2.NewKeyManagementServiceClient(conn)}
 }
