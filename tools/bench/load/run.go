@@ -1,7 +1,7 @@
 // Package load drives KMS plugins over their unix sockets with concurrent
 // callers and measures them: latency as the caller sees it, CPU time and
 // memory as the server process's /proc shows them. tools/bench and the
-// reliability drills (src/drills) both use it.
+// reliability drills (tools/drills) both use it.
 package load
 
 import (
