@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The slow release checks, for .ci/run (about 15-25 min; cosign is built once and cached):
+# The slow release checks, for .ci/run (cosign is built once and cached; 28 min measured from
+# a fresh clone on a busy 2-core machine, most of it the two clean builds, 10 min each):
 #   1. reproducibility: two stamped builds of HEAD from clean output bases in different
 #      directories give the same image manifest digest (both printed);
 #   2. release/release.sh against a loopback registry: push, sign, SBOM attestation, verify,
