@@ -14,15 +14,14 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 // swappable stands in for keysource.Source: the test decides what is loaded.
@@ -48,17 +47,6 @@ func random(n int) []byte {
 	return b
 }
 
-// shortDir is a temp dir short enough for a socket path (108 bytes max),
-// wherever TMPDIR points.
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "kms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 type clients struct {
 	v1 v1beta1.KeyManagementServiceClient
 	v2 v2.KeyManagementServiceClient
@@ -66,19 +54,16 @@ type clients struct {
 
 func serve(t *testing.T, keys Keys, mode codec.Mode) clients {
 	t.Helper()
-	sock := filepath.Join(shortDir(t), "kms.sock")
+	sock := filepath.Join(testbin.ShortDir(t), "kms.sock")
 	l, err := Listen("unix://"+sock, 0o600, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer()
+	s := NewGRPCServer()
 	Register(s, keys, mode, "test")
 	go s.Serve(l)
 	t.Cleanup(s.Stop)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := testbin.Dial(t, sock)
 	t.Cleanup(func() { conn.Close() })
 	return clients{v1beta1.NewKeyManagementServiceClient(conn), v2.NewKeyManagementServiceClient(conn)}
 }
@@ -244,7 +229,7 @@ func TestPurgedIsUnavailable(t *testing.T) {
 
 func TestListen(t *testing.T) {
 	log := slog.New(slog.DiscardHandler)
-	dir := shortDir(t)
+	dir := testbin.ShortDir(t)
 
 	for _, mode := range []os.FileMode{0o600, 0o660} {
 		sock := filepath.Join(dir, "m.sock")

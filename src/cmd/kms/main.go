@@ -53,6 +53,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	log := cfg.logger(stderr)
+	server.SetGCPercent()
 	if err := serve(cfg, log); err != nil {
 		log.Error("kms stopped", "err", err)
 		return 1
@@ -93,7 +94,7 @@ func serve(cfg *config, log *slog.Logger) error {
 	// The hooks are called from the first run of the command on, so what
 	// they feed is set up before keysource.Start.
 	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-	gs := grpc.NewServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
+	gs := server.NewGRPCServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
 	health := server.RegisterHealth(gs)
 	keys, err := keysource.Start(keysource.Config{
 		Command:        cfg.command,

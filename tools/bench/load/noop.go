@@ -18,19 +18,21 @@ import (
 const NoopKeyID = "noop"
 
 // ServeNoop serves a plugin that does no work: encrypt and decrypt return
-// their input. Its socket comes from the daemon's own server.Listen and its
-// gRPC server has the daemon's transport settings (gRPC's defaults), so
-// what it costs per request is the transport's floor. Interceptors the
-// daemon adds (metrics) are work the daemon does per request, so they are
-// not copied here. It runs until SIGTERM or SIGINT.
+// their input. Its socket comes from the daemon's own server.Listen, its
+// gRPC server from server.NewGRPCServer, and it sets the daemon's garbage
+// collector target, so what it costs per request is the transport's
+// floor. Interceptors the daemon adds (metrics) are work the daemon does
+// per request, so they are not copied here. It runs until SIGTERM or
+// SIGINT.
 func ServeNoop(endpoint string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	kmsserver.SetGCPercent()
 	l, err := kmsserver.Listen(endpoint, 0o600, log)
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := kmsserver.NewGRPCServer()
 	RegisterNoop(gs)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(l) }()

@@ -43,18 +43,18 @@ func BenchmarkRoundTrip(b *testing.B) {
 		build func() *grpc.Server
 	}{
 		{"noop", func() *grpc.Server {
-			gs := grpc.NewServer()
+			gs := kmsserver.NewGRPCServer()
 			RegisterNoop(gs)
 			return gs
 		}},
 		{"kms", func() *grpc.Server {
-			gs := grpc.NewServer()
+			gs := kmsserver.NewGRPCServer()
 			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
 			return gs
 		}},
 		{"kms+metrics", func() *grpc.Server {
 			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-			gs := grpc.NewServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
+			gs := kmsserver.NewGRPCServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
 			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
 			return gs
 		}},
