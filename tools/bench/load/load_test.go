@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,14 +57,22 @@ func TestRunMakesEachCallOnceAndCountsFailures(t *testing.T) {
 
 func TestRunEndsWithItsContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
+	var canceled atomic.Bool
+	var late atomic.Int64
 	r := Run(ctx, 4, math.MaxInt, func(_ context.Context, _, seq int) error {
+		if canceled.Load() {
+			late.Add(1)
+		}
 		if seq == 1000 {
 			cancel()
+			canceled.Store(true)
 		}
 		return nil
 	})
-	if r.Requests < 1000 || r.Requests > 1000+4 {
-		t.Fatalf("%d requests after a cancel at the 1001st", r.Requests)
+	// Each of the other callers may be past its check of ctx when it
+	// ends, so may make one call more; none makes two.
+	if r.Requests < 1001 || late.Load() > 3 {
+		t.Fatalf("%d requests, %d begun after the cancel at the 1001st; want >= 1001 and <= 3", r.Requests, late.Load())
 	}
 }
 
