@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -19,7 +21,9 @@ import (
 // answers for the whole server ("") and for each KMS service by name, all
 // SERVING while a KEK is loaded and NOT_SERVING while purged.
 type Health struct {
-	srv *health.Server
+	srv      *health.Server
+	stopping chan struct{}
+	stop     sync.Once
 }
 
 var healthNames = []string{
@@ -30,9 +34,9 @@ var healthNames = []string{
 
 // RegisterHealth adds grpc.health.v1 to s, NOT_SERVING until SetLoaded.
 func RegisterHealth(s *grpc.Server) *Health {
-	h := &Health{srv: health.NewServer()}
+	h := &Health{srv: health.NewServer(), stopping: make(chan struct{})}
 	h.SetLoaded(false)
-	healthpb.RegisterHealthServer(s, h.srv)
+	healthpb.RegisterHealthServer(s, watchEnds{h.srv, h.stopping})
 	return h
 }
 
@@ -48,8 +52,42 @@ func (h *Health) SetLoaded(loaded bool) {
 }
 
 // Shutdown reports NOT_SERVING from now on, whatever SetLoaded says, so
-// that clients move away while in-flight calls finish.
-func (h *Health) Shutdown() { h.srv.Shutdown() }
+// that clients move away while in-flight calls finish, and ends every
+// Watch stream.
+func (h *Health) Shutdown() {
+	h.srv.Shutdown()
+	h.stop.Do(func() { close(h.stopping) })
+}
+
+// watchEnds is gRPC's health service with Watch streams that end when the
+// daemon stops. gRPC's own never end by themselves, so a client watching
+// health would hold GracefulStop until --shutdown-timeout cut off every
+// call still in flight.
+type watchEnds struct {
+	*health.Server
+	stopping <-chan struct{}
+}
+
+func (w watchEnds) Watch(req *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-w.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return w.Server.Watch(req, watchStream{stream, ctx})
+}
+
+// watchStream is a Watch stream whose context ends with the daemon.
+type watchStream struct {
+	healthpb.Health_WatchServer
+	ctx context.Context
+}
+
+func (s watchStream) Context() context.Context { return s.ctx }
 
 // readyProbe is what Ready encrypts; it is not secret.
 var readyProbe = []byte("kms readiness probe")

@@ -343,3 +343,37 @@ func TestCheck(t *testing.T) {
 		t.Errorf("--help should list check and --health-address, and hide --min-timeout:\n%s", out)
 	}
 }
+
+// A client watching health must not hold up a stop: the Watch stream ends
+// with the daemon, which exits at once rather than at --shutdown-timeout.
+func TestStopEndsHealthWatch(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	d := startDaemon(t, sock, "--command", "cat "+ring, "--shutdown-timeout", "2m")
+	conn := testbin.Dial(t, sock)
+	defer conn.Close()
+	watch, err := healthpb.NewHealthClient(conn).Watch(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := watch.Recv(); err != nil || r.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("Watch: %v %v, want SERVING", r, err)
+	}
+	start := time.Now()
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, d.Stderr())
+	}
+	if took := time.Since(start); took > 30*time.Second || strings.Contains(d.Stderr(), "cutting them off") {
+		t.Fatalf("stop took %v with a Watch open (--shutdown-timeout 2m):\n%s", took, d.Stderr())
+	}
+	for {
+		r, err := watch.Recv()
+		if err != nil {
+			break
+		}
+		if r.Status != healthpb.HealthCheckResponse_NOT_SERVING {
+			t.Fatalf("Watch after stop: %v", r.Status)
+		}
+	}
+}
