@@ -2,7 +2,6 @@ package load
 
 import (
 	"context"
-	"crypto/rand"
 	"sync/atomic"
 	"testing"
 
@@ -14,6 +13,7 @@ import (
 	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/metrics"
 	kmsserver "github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 type staticKeys struct{ set *codec.Set }
@@ -27,9 +27,7 @@ func (k staticKeys) Keys() *codec.Set { return k.set }
 // allocs/op count both; the differences between the three are the
 // server's. go test -run '^$' -bench RoundTrip ./tools/bench/load
 func BenchmarkRoundTrip(b *testing.B) {
-	secret := make([]byte, 32)
-	rand.Read(secret)
-	k, err := kek.NewKey(secret)
+	k, err := kek.NewKey(testbin.NewKey())
 	if err != nil {
 		b.Fatal(err)
 	}
