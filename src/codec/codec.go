@@ -84,6 +84,8 @@ type Key struct {
 	ID kek.ID
 	// KeyID is ID.String(), computed once for the KMS v2 hot path.
 	KeyID string
+	// Size is the key's length in bytes: 16, 24 or 32 (AES-128/192/256).
+	Size  int
 	block cipher.Block
 	gcm   cipher.AEAD
 }
@@ -99,7 +101,7 @@ func NewKey(k kek.Key) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Key{ID: k.ID, KeyID: k.ID.String(), block: block, gcm: gcm}, nil
+	return &Key{ID: k.ID, KeyID: k.ID.String(), Size: len(k.Secret), block: block, gcm: gcm}, nil
 }
 
 // Set is an immutable list of keys; the first encrypts, all decrypt.
@@ -116,9 +118,10 @@ func (s *Set) Primary() *Key { return s.keys[0] }
 // Keys lists all keys, primary first.
 func (s *Set) Keys() []*Key { return s.keys }
 
-func (s *Set) lookup(id []byte) *Key {
+// Lookup returns the key named id, or nil.
+func (s *Set) Lookup(id kek.ID) *Key {
 	for _, k := range s.keys {
-		if bytes.Equal(k.ID[:], id) {
+		if k.ID == id {
 			return k
 		}
 	}
@@ -157,7 +160,9 @@ func (k *Key) encryptCBC(plaintext []byte) ([]byte, error) {
 	for i := len(plaintext); i < len(body); i++ {
 		body[i] = byte(pad)
 	}
-	cipher.NewCBCEncrypter(k.block, iv).CryptBlocks(body, body)
+	mode := cipher.NewCBCEncrypter(k.block, iv)
+	mode.CryptBlocks(body, body)
+	zeroPointee(mode)
 	return out, nil
 }
 
@@ -238,11 +243,11 @@ func (s *Set) decryptLegacy(body []byte) ([]byte, *Key, error) {
 }
 
 func (s *Set) keyFor(ciphertext []byte) (*Key, error) {
-	id := ciphertext[tagLen:headerLen]
-	if k := s.lookup(id); k != nil {
+	id := kek.ID(ciphertext[tagLen:headerLen])
+	if k := s.Lookup(id); k != nil {
 		return k, nil
 	}
-	return nil, fmt.Errorf("%w: ciphertext was made with key %s, which is not in the keyring", ErrUnknownKey, kek.ID(id))
+	return nil, fmt.Errorf("%w: ciphertext was made with key %s, which is not in the keyring", ErrUnknownKey, id)
 }
 
 // checkCBCLen rejects bodies that cannot be IV plus whole blocks. Lengths
@@ -258,7 +263,9 @@ func checkCBCLen(body []byte) error {
 // bytes in constant time so timing does not tell which byte was wrong.
 func (k *Key) decryptCBC(body []byte) ([]byte, bool) {
 	out := make([]byte, len(body)-aes.BlockSize)
-	cipher.NewCBCDecrypter(k.block, body[:aes.BlockSize]).CryptBlocks(out, body[aes.BlockSize:])
+	mode := cipher.NewCBCDecrypter(k.block, body[:aes.BlockSize])
+	mode.CryptBlocks(out, body[aes.BlockSize:])
+	zeroPointee(mode)
 	n := len(out)
 	pad := int(out[n-1])
 	good := subtle.ConstantTimeLessOrEq(1, pad) & subtle.ConstantTimeLessOrEq(pad, aes.BlockSize)

@@ -5,8 +5,10 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/cmdkms/kms/src/codec/codectest"
 	"github.com/cmdkms/kms/src/kek"
@@ -268,4 +270,48 @@ func FuzzDecrypt(f *testing.F) {
 			t.Fatal("bad success")
 		}
 	})
+}
+
+// Wipe leaves none of the key in the cipher's memory: neither the key
+// itself (the first round key of the AES schedule) nor its schedule.
+func TestWipe(t *testing.T) {
+	secret := bytes.Repeat([]byte{0xA5, 0x3C, 0x96, 0x0F}, 8)
+	k, err := NewKey(kek.Key{Secret: bytes.Clone(secret)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, gcm := k.block, k.gcm
+	mem := func(v any) []byte {
+		rv := reflect.ValueOf(v)
+		return unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
+	}
+	for name, v := range map[string]any{"AES block": block, "GCM": gcm} {
+		if !bytes.Contains(mem(v), secret[:16]) && !bytes.Contains(mem(v), swapWords(secret[:16])) {
+			t.Fatalf("%s: the key is not where the test looks for it; the test needs updating", name)
+		}
+	}
+	if !k.Wipe() {
+		t.Fatal("Wipe could not wipe Go's AES and GCM state on this platform")
+	}
+	for name, v := range map[string]any{"AES block": block, "GCM": gcm} {
+		if m := mem(v); bytes.Count(m, []byte{0}) != len(m) {
+			t.Errorf("%s: %d non-zero bytes left after Wipe", name, len(m)-bytes.Count(m, []byte{0}))
+		}
+	}
+	defer func() {
+		if recover() == nil {
+			t.Fatal("a wiped key encrypted")
+		}
+	}()
+	NewSet([]*Key{k}).Encrypt(AESGCM, []byte("dek"))
+}
+
+// swapWords byte-swaps each 32-bit word: the generic AES key schedule
+// keeps the key as big-endian words in native (little-endian) order.
+func swapWords(b []byte) []byte {
+	out := make([]byte, len(b))
+	for i := 0; i+4 <= len(b); i += 4 {
+		out[i], out[i+1], out[i+2], out[i+3] = b[i+3], b[i+2], b[i+1], b[i]
+	}
+	return out
 }

@@ -10,7 +10,6 @@ package kek
 
 import (
 	"bytes"
-	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -37,11 +36,37 @@ const idPrefix = "kek1-"
 // String is the key_id reported to kube-apiserver: 37 ASCII bytes.
 func (id ID) String() string { return idPrefix + hex.EncodeToString(id[:]) }
 
+// idBufSize is a variable, not a constant, so that deriveID's buffer, of
+// a size known only at run time (and over 32 bytes), is on the heap: a
+// copy on the stack could be left behind when the stack grows.
+var idBufSize = sha256.BlockSize + max(len(idLabel), sha256.Size)
+
+// deriveID computes HMAC-SHA256(secret, idLabel) as RFC 2104 spells it
+// out, rather than with crypto/hmac: hmac keeps the key XOR ipad and opad
+// blocks (the key, trivially) in its state, beyond our reach, and they
+// outlived every key in the daemon's memory. Here they live only in buf,
+// which is wiped. Keys are 16 to 32 bytes, shorter than SHA-256's block,
+// so HMAC's hashing of long keys never applies.
 func deriveID(secret []byte) ID {
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(idLabel))
+	const block = sha256.BlockSize
+	buf := make([]byte, idBufSize)
+	defer clear(buf)
+	pad := func(b byte) {
+		clear(buf[:block])
+		copy(buf, secret)
+		for i := range block {
+			buf[i] ^= b
+		}
+	}
+	pad(0x36)
+	copy(buf[block:], idLabel)
+	inner := sha256.Sum256(buf[:block+len(idLabel)])
+	pad(0x5c)
+	copy(buf[block:], inner[:])
+	clear(inner[:])
+	sum := sha256.Sum256(buf[:block+sha256.Size])
 	var id ID
-	copy(id[:], m.Sum(nil))
+	copy(id[:], sum[:])
 	return id
 }
 

@@ -11,9 +11,15 @@ import (
 	"syscall"
 	"time"
 	"unicode/utf8"
+
+	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/process"
 )
 
 const (
+	// DefaultCommandTimeout bounds a run unless the operator says otherwise.
+	DefaultCommandTimeout = 30 * time.Second
 	// MaxOutput caps the command's stdout. A keyring of hundreds of keys
 	// fits; a runaway command does not fill memory.
 	MaxOutput = 64 << 10
@@ -54,6 +60,62 @@ func Argv(shell, command string) ([]string, error) {
 	return strings.Fields(command), nil
 }
 
+// Fetched is what one successful run of the command gave.
+type Fetched struct {
+	// Keys are ready to use, primary first. The key bytes the command
+	// printed are already wiped: each cipher keeps its own key schedule.
+	Keys []*codec.Key
+	// Raw is true for the 2018 raw format.
+	Raw bool
+	// Stderr is what the command wrote to stderr, cut for a log line.
+	Stderr string
+}
+
+// Fetch runs argv once and turns what it prints into keys: what the daemon
+// does at start and at every refresh, and what `kms check` does.
+func Fetch(ctx context.Context, argv []string, timeout time.Duration) (*Fetched, error) {
+	out, stderr, err := Run(ctx, argv, timeout)
+	if err != nil {
+		return nil, err
+	}
+	ring, err := kek.Parse(out)
+	clear(out)
+	if err != nil {
+		return nil, &outputError{err}
+	}
+	defer ring.Wipe()
+	f := &Fetched{Keys: make([]*codec.Key, 0, len(ring.Keys)), Raw: ring.Raw, Stderr: stderr}
+	for _, k := range ring.Keys {
+		ck, err := codec.NewKey(k)
+		if err != nil {
+			for _, k := range f.Keys {
+				k.Wipe()
+			}
+			return nil, &outputError{err}
+		}
+		f.Keys = append(f.Keys, ck)
+	}
+	return f, nil
+}
+
+// outputError marks a run that succeeded but printed no usable KEK.
+type outputError struct{ error }
+
+func (e *outputError) Unwrap() error { return e.error }
+
+// outcome classifies what Fetch returned, for metrics.
+func outcome(err error) Outcome {
+	switch {
+	case err == nil:
+		return OutcomeSuccess
+	case errors.Is(err, ErrTimeout):
+		return OutcomeTimeout
+	case errors.Is(err, ErrTooMuchOutput), errors.As(err, new(*outputError)):
+		return OutcomeInvalidOutput
+	}
+	return OutcomeFailed
+}
+
 // Run executes argv with a bounded lifetime and returns its stdout.
 // stdout goes into one preallocated buffer (no growth, so no stray copies
 // of key bytes are left for the garbage collector); the caller wipes it.
@@ -78,7 +140,7 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	// A descendant that left the group could hold stderr open forever.
 	cmd.WaitDelay = time.Second
-	err = cmd.Start()
+	err = process.StartChild(cmd)
 	pw.Close()
 	if err != nil {
 		return nil, "", fmt.Errorf("start %s: %w", argv[0], err)
@@ -93,6 +155,7 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 		cancel()
 	}
 	waitErr := cmd.Wait()
+	process.ChildDone(cmd)
 	stderr = errOut.String()
 	fail := func(format string, args ...any) ([]byte, string, error) {
 		clear(buf)

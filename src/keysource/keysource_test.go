@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/testbin"
 )
@@ -40,12 +39,31 @@ func start(t *testing.T, cfg Config) (*Source, *logBuf) {
 	if cfg.Timeout == 0 {
 		cfg.Timeout = time.Hour
 	}
-	s, err := Start(cfg)
+	s, err := New(cfg)
 	if err != nil {
-		t.Fatalf("Start: %v\n%s", err, logs)
+		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatalf("Start: %v\n%s", err, logs)
+	}
 	return s, logs
+}
+
+// primary is the primary's key_id, "" while purged.
+func primary(s *Source) string {
+	id, _ := s.Primary()
+	return id
+}
+
+// startErr is what Start says for cfg.
+func startErr(cfg Config) error {
+	s, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return s.Start(context.Background())
 }
 
 // waitFor polls cond; the deadline is generous because CI machines are
@@ -88,7 +106,7 @@ func TestWithoutShellTheCommandRunsDirectly(t *testing.T) {
 	key := testbin.NewKey()
 	testbin.WriteKeyring(t, path, key)
 	s, logs := start(t, Config{Command: "cat " + path, Shell: "/nonexistent/sh"})
-	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
+	if got := primary(s); got != idOf(t, key) {
 		t.Fatalf("primary %s", got)
 	}
 	if !strings.Contains(logs.String(), "no shell; running the KEK command directly") {
@@ -164,12 +182,12 @@ func TestStartFails(t *testing.T) {
 		{"echo '" + kek.Header + "'", "no keys"},
 		{"/nonexistent/kek-tool", "exit status 127"},
 	} {
-		_, err := Start(Config{Command: tc.cmd, Timeout: time.Hour, CommandTimeout: 5 * time.Second, Log: log})
+		err := startErr(Config{Command: tc.cmd, Timeout: time.Hour, CommandTimeout: 5 * time.Second, Log: log})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v, want %q", tc.cmd, err, tc.want)
 		}
 	}
-	_, err := Start(Config{Command: "sleep 60", Timeout: time.Hour, CommandTimeout: 300 * time.Millisecond, Log: log})
+	err := startErr(Config{Command: "sleep 60", Timeout: time.Hour, CommandTimeout: 300 * time.Millisecond, Log: log})
 	if err == nil || !strings.Contains(err.Error(), "did not finish") {
 		t.Errorf("hanging at start: %v", err)
 	}
@@ -189,22 +207,22 @@ func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 	os.Remove(path)
 
 	waitFor(t, "a failed refresh", func() bool { return logs.count("KEK refresh failed;") > 0 })
-	if s.Keys() == nil {
+	if primary(s) == "" {
 		t.Fatal("purged at the first failure, before the timeout")
 	}
-	waitFor(t, "the purge", func() bool { return s.Keys() == nil })
+	waitFor(t, "the purge", func() bool { return primary(s) == "" })
 	if d := time.Since(began); d < timeout {
 		t.Fatalf("purged after %v, before the %v timeout", d, timeout)
 	}
 	time.Sleep(timeout / 2) // several more failed runs
-	if s.Keys() != nil {
+	if primary(s) != "" {
 		t.Fatal("keys came back while the command still fails")
 	}
 
 	testbin.WriteKeyring(t, path, key)
-	waitFor(t, "the keys to come back", func() bool { return s.Keys() != nil })
+	waitFor(t, "the keys to come back", func() bool { return primary(s) != "" })
 	waitFor(t, "the restore to be logged", func() bool { return logs.count("KEK restored") > 0 })
-	if got := s.Keys().Primary().KeyID; got != idOf(t, key) {
+	if got := primary(s); got != idOf(t, key) {
 		t.Fatalf("restored %s", got)
 	}
 	for msg, want := range map[string]int{"KEK refresh failed;": 1, "KEK purged": 1, "KEK restored": 1, "KEK refresh failed again": 2} {
@@ -229,7 +247,7 @@ func TestHungRefreshIsPurgedOnTime(t *testing.T) {
 		Timeout: timeout, CommandTimeout: 10 * time.Minute,
 	})
 	os.WriteFile(hang, nil, 0o600)
-	waitFor(t, "the purge", func() bool { return s.Keys() == nil })
+	waitFor(t, "the purge", func() bool { return primary(s) == "" })
 	if d := time.Since(began); d > timeout+3*time.Second {
 		t.Fatalf("purge came %v after start; the hung run delayed it", d)
 	}
@@ -259,12 +277,12 @@ func TestGarbageOnRefreshKeepsServing(t *testing.T) {
 	if !strings.Contains(logs.String(), "KEK output is 18 bytes") || strings.Contains(logs.String(), "GARBAGE") {
 		t.Fatalf("log:\n%s", logs)
 	}
-	if s.Keys() == nil || s.Keys().Primary().KeyID != idOf(t, key) {
+	if primary(s) != idOf(t, key) {
 		t.Fatal("cached keys were dropped")
 	}
 	s.Close()
 	s.Close()
-	if s.Keys() != nil {
+	if primary(s) != "" {
 		t.Fatal("keys survive Close")
 	}
 }
@@ -283,17 +301,17 @@ func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 	reads := 0
 	for time.Since(began) < time.Second {
 		t0 := time.Now()
-		set := s.Keys()
-		if set == nil || time.Since(t0) > 100*time.Millisecond {
+		_, id, err := s.Encrypt([]byte("dek"))
+		if err != nil || time.Since(t0) > 100*time.Millisecond {
 			t.Fatal("a reader waited for the refresh")
 		}
-		if set.Primary().KeyID == idOf(t, b) {
+		if id == idOf(t, b) {
 			t.Fatal("refresh finished before the command did")
 		}
 		reads++
 		time.Sleep(time.Millisecond)
 	}
-	waitFor(t, "the slow refresh", func() bool { return s.Keys().Primary().KeyID == idOf(t, b) })
+	waitFor(t, "the slow refresh", func() bool { return primary(s) == idOf(t, b) })
 	if reads < 100 {
 		t.Fatalf("only %d reads", reads)
 	}
@@ -304,7 +322,7 @@ func TestRotation(t *testing.T) {
 	a, b, c := testbin.NewKey(), testbin.NewKey(), testbin.NewKey()
 	testbin.WriteKeyring(t, path, a)
 	s, logs := start(t, Config{Command: "cat " + path})
-	oldCT, err := s.Keys().Encrypt(codec.AESGCM, []byte("dek under a"))
+	oldCT, _, err := s.Encrypt([]byte("dek under a"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,11 +330,11 @@ func TestRotation(t *testing.T) {
 	// b becomes primary, a stays listed.
 	testbin.WriteKeyring(t, path, b, a)
 	s.Refresh()
-	waitFor(t, "b to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, b) })
-	newCT, _ := s.Keys().Encrypt(codec.AESGCM, []byte("dek under b"))
+	waitFor(t, "b to become primary", func() bool { return primary(s) == idOf(t, b) })
+	newCT, _, _ := s.Encrypt([]byte("dek under b"))
 	for ct, want := range map[string]string{string(oldCT): idOf(t, a), string(newCT): idOf(t, b)} {
-		p, k, err := s.Keys().Decrypt([]byte(ct))
-		if err != nil || k.KeyID != want || !strings.HasPrefix(string(p), "dek under") {
+		p, id, err := s.Decrypt([]byte(ct))
+		if err != nil || id != want || !strings.HasPrefix(string(p), "dek under") {
 			t.Fatalf("decrypt: %v", err)
 		}
 	}
@@ -324,14 +342,11 @@ func TestRotation(t *testing.T) {
 	// a is no longer listed: it stays in memory for decrypt only.
 	testbin.WriteKeyring(t, path, c, b)
 	s.Refresh()
-	waitFor(t, "c to become primary", func() bool { return s.Keys().Primary().KeyID == idOf(t, c) })
-	if p, _, err := s.Keys().Decrypt(oldCT); err != nil || string(p) != "dek under a" {
+	waitFor(t, "c to become primary", func() bool { return primary(s) == idOf(t, c) })
+	if p, _, err := s.Decrypt(oldCT); err != nil || string(p) != "dek under a" {
 		t.Fatalf("retired key: %v", err)
 	}
-	ids := []string{}
-	for _, k := range s.Keys().Keys() {
-		ids = append(ids, k.KeyID)
-	}
+	ids := s.KeyIDs()
 	if want := []string{idOf(t, c), idOf(t, b), idOf(t, a)}; strings.Join(ids, ",") != strings.Join(want, ",") {
 		t.Fatalf("key order %v, want %v", ids, want)
 	}
@@ -348,9 +363,9 @@ func TestRetiredKeysAreBounded(t *testing.T) {
 		k := testbin.NewKey()
 		testbin.WriteKeyring(t, path, k)
 		s.Refresh()
-		waitFor(t, "the new key", func() bool { return s.Keys().Primary().KeyID == idOf(t, k) })
+		waitFor(t, "the new key", func() bool { return primary(s) == idOf(t, k) })
 	}
-	if n := len(s.Keys().Keys()); n != 1+maxRetired {
+	if n := len(s.KeyIDs()); n != 1+maxRetired {
 		t.Fatalf("%d keys in memory", n)
 	}
 }
@@ -366,7 +381,7 @@ func TestBackoff(t *testing.T) {
 			t.Fatalf("backoff(%d) = %v, want near the cap", n, d)
 		}
 	}
-	if d := (&Source{cfg: Config{Timeout: time.Minute}}).refreshDelay(); d < 42*time.Second || d > 45*time.Second {
-		t.Fatalf("refresh after %v for a 1m timeout", d)
+	if d := (&Source{cfg: Config{RefreshInterval: time.Minute}}).refreshDelay(); d < 57*time.Second || d > time.Minute {
+		t.Fatalf("refresh after %v for a 1m interval", d)
 	}
 }

@@ -1,20 +1,26 @@
 // Package keysource runs the KEK command, caches what it prints, refreshes
-// it in the background and purges it when refreshing keeps failing.
+// it in the background and purges it when refreshing keeps failing; and it
+// encrypts and decrypts with the keys it holds.
 //
 // Lifecycle (README "Running the daemon"): the command runs once at Start
-// and Start fails if it does. A loaded keyring is good for Timeout. From
-// about 3/4 of Timeout on, the command is re-run in the background, one run
-// at a time, with exponential backoff and jitter between failed tries.
-// Requests never wait on a run: they read the current keys atomically. If
-// Timeout passes without a successful run, the keys are dropped (purged)
-// and requests fail until a run succeeds again.
+// and Start fails if it does. A loaded keyring is good for Timeout. Every
+// RefreshInterval the command is re-run in the background, one run at a
+// time, with exponential backoff and jitter between failed tries. Requests
+// never wait on a run: they read the current keys under a read lock that a
+// refresh only takes for a pointer swap. If Timeout passes without a
+// successful run, the keys are dropped (purged) and requests fail with
+// ErrPurged until a run succeeds again. Keys that are dropped are wiped
+// once no request uses them.
 package keysource
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"runtime/debug"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -22,10 +28,20 @@ import (
 	"github.com/cmdkms/kms/src/kek"
 )
 
-// maxRetired bounds the keys kept in memory after the command stopped
-// listing them, so a command that prints a new key every time cannot
-// grow the daemon without limit. The oldest are dropped first.
-const maxRetired = 32
+const (
+	// maxRetired bounds the keys kept in memory after the command stopped
+	// listing them, so a command that prints a new key every time cannot
+	// grow the daemon without limit. The oldest are dropped first.
+	maxRetired = 32
+	// MaxTimeout is the longest Timeout accepted: a year. Longer ones are
+	// a way to say "never purge", and a year says it.
+	MaxTimeout = 365 * 24 * time.Hour
+	// RefreshDivisor gives the default refresh interval, Timeout/5, as the
+	// 2018 daemon had it: a changed keyring reaches every daemon within a
+	// fifth of the timeout, and a key server may be down for four fifths
+	// of it before anything is purged.
+	RefreshDivisor = 5
+)
 
 // Config says how to get the KEK.
 type Config struct {
@@ -35,9 +51,14 @@ type Config struct {
 	Shell string
 	// Timeout is how long keys stay usable without a successful run.
 	Timeout time.Duration
+	// RefreshInterval is how often the command runs while it succeeds;
+	// zero means Timeout/RefreshDivisor.
+	RefreshInterval time.Duration
 	// CommandTimeout bounds one run; its process group is then killed.
 	CommandTimeout time.Duration
-	Log            *slog.Logger
+	// Mode is the codec new ciphertexts are made with.
+	Mode codec.Mode
+	Log  *slog.Logger
 	// Hooks, if set, hears of every run and every change of the keys
 	// (metrics, health). It is called from the refresh loop: it must not block.
 	Hooks Hooks
@@ -47,7 +68,8 @@ type Config struct {
 type Hooks interface {
 	// CommandRan reports one run of the command and when it ended.
 	CommandRan(o Outcome, took time.Duration, end time.Time)
-	// KeysChanged reports the keys now served; nil means purged.
+	// KeysChanged reports the keys now served; nil means purged. Only the
+	// keys' ids may be read: their ciphers may be wiped at any time after.
 	KeysChanged(set *codec.Set)
 }
 
@@ -74,25 +96,35 @@ func (noHooks) KeysChanged(*codec.Set)                       {}
 
 // Source holds the current keys. Its methods are safe for concurrent use.
 type Source struct {
-	cfg     Config
-	argv    []string
-	keys    atomic.Pointer[codec.Set]
+	cfg  Config
+	argv []string
+	keys atomic.Pointer[codec.Set]
+	// users is held for reading by every use of the keys; taking it for
+	// writing waits until no request uses keys that are about to be wiped.
+	users   sync.RWMutex
 	trigger chan struct{}
 	stop    context.CancelFunc
 	done    chan struct{}
+	closing sync.Once
 }
 
-// Start runs the command once and returns an error if that fails; on
-// success it keeps the keys fresh in the background until Close.
-func Start(cfg Config) (*Source, error) {
+// New checks cfg and returns a Source that has no keys yet: Refresh may be
+// called at once (it is remembered), Start loads the keys.
+func New(cfg Config) (*Source, error) {
 	if cfg.Shell == "" {
 		cfg.Shell = DefaultShell
 	}
 	if cfg.Hooks == nil {
 		cfg.Hooks = noHooks{}
 	}
-	if cfg.Timeout <= 0 || cfg.CommandTimeout <= 0 {
-		return nil, errors.New("keysource: Timeout and CommandTimeout must be positive")
+	if cfg.RefreshInterval == 0 {
+		cfg.RefreshInterval = cfg.Timeout / RefreshDivisor
+	}
+	switch {
+	case cfg.Timeout <= 0 || cfg.Timeout > MaxTimeout:
+		return nil, fmt.Errorf("keysource: Timeout %v is not in (0, %v]", cfg.Timeout, MaxTimeout)
+	case cfg.CommandTimeout <= 0 || cfg.RefreshInterval <= 0 || cfg.RefreshInterval >= cfg.Timeout:
+		return nil, errors.New("keysource: CommandTimeout and RefreshInterval must be positive, RefreshInterval below Timeout")
 	}
 	argv, err := Argv(cfg.Shell, cfg.Command)
 	if err != nil {
@@ -101,26 +133,114 @@ func Start(cfg Config) (*Source, error) {
 	if argv[0] != cfg.Shell {
 		cfg.Log.Info("no shell; running the KEK command directly", "shell", cfg.Shell, "argv0", argv[0])
 	}
-	s := &Source{cfg: cfg, argv: argv, trigger: make(chan struct{}, 1), done: make(chan struct{})}
-	ctx, stop := context.WithCancel(context.Background())
-	s.stop = stop
-	keys, err := s.fetch(ctx)
-	if err != nil {
-		stop()
-		return nil, err
-	}
-	set := codec.NewSet(keys)
-	s.setKeys(set)
-	cfg.Log.Info("KEK loaded", "primary_key_id", set.Primary().KeyID, "keys", len(keys), "valid_for", cfg.Timeout)
-	go s.loop(ctx)
-	return s, nil
+	return &Source{cfg: cfg, argv: argv, trigger: make(chan struct{}, 1), done: make(chan struct{})}, nil
 }
 
-// Keys returns the current keys, or nil while purged. It never blocks.
-func (s *Source) Keys() *codec.Set { return s.keys.Load() }
+// Start runs the command once and returns an error if that fails, or if
+// ctx ends first (the command's process group is then killed). On success
+// it keeps the keys fresh in the background until Close.
+func (s *Source) Start(ctx context.Context) error {
+	loopCtx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	first, cancel := context.WithCancel(loopCtx)
+	defer cancel()
+	go func() {
+		select {
+		case <-ctx.Done():
+			cancel()
+		case <-first.Done():
+		}
+	}()
+	keys, err := s.fetch(first)
+	if err != nil {
+		stop()
+		close(s.done)
+		if ctx.Err() != nil {
+			return fmt.Errorf("stopped while the KEK command ran for the first time: %w", ctx.Err())
+		}
+		return err
+	}
+	s.publish(codec.NewSet(keys), nil)
+	s.cfg.Log.Info("KEK loaded", "primary_key_id", keys[0].KeyID, "keys", len(keys),
+		"valid_for", s.cfg.Timeout, "refresh_every", s.cfg.RefreshInterval)
+	go s.loop(loopCtx)
+	return nil
+}
+
+// ErrPurged is what requests get while no keys are loaded.
+var ErrPurged = errors.New("no KEK loaded: the KEK command has kept failing and the keys were purged")
+
+// Encrypt seals plaintext with the primary key and Config.Mode, and names
+// the key it used.
+func (s *Source) Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err error) {
+	s.users.RLock()
+	defer s.users.RUnlock()
+	set := s.keys.Load()
+	if set == nil {
+		return nil, "", ErrPurged
+	}
+	ciphertext, err = set.Encrypt(s.cfg.Mode, plaintext)
+	return ciphertext, set.Primary().KeyID, err
+}
+
+// Decrypt opens a ciphertext of any format (codec.Set.Decrypt) and names
+// the key that opened it.
+func (s *Source) Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err error) {
+	s.users.RLock()
+	defer s.users.RUnlock()
+	set := s.keys.Load()
+	if set == nil {
+		return nil, "", ErrPurged
+	}
+	plaintext, k, err := set.Decrypt(ciphertext)
+	if err != nil {
+		return nil, "", err
+	}
+	return plaintext, k.KeyID, nil
+}
+
+// Primary names the key that encrypts. Key ids are not secret and stay
+// readable after a key is wiped, so this and Holds take no lock.
+func (s *Source) Primary() (keyID string, err error) {
+	set := s.keys.Load()
+	if set == nil {
+		return "", ErrPurged
+	}
+	return set.Primary().KeyID, nil
+}
+
+// Holds says whether keyID names a key the daemon holds.
+func (s *Source) Holds(keyID string) (bool, error) {
+	set := s.keys.Load()
+	if set == nil {
+		return false, ErrPurged
+	}
+	for _, k := range set.Keys() {
+		if k.KeyID == keyID {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// KeyIDs names the keys held, primary first, then the others the command
+// lists, then those it no longer lists; nil while purged.
+func (s *Source) KeyIDs() []string {
+	set := s.keys.Load()
+	if set == nil {
+		return nil
+	}
+	ids := make([]string, len(set.Keys()))
+	for i, k := range set.Keys() {
+		ids[i] = k.KeyID
+	}
+	return ids
+}
 
 // Refresh asks for a run now (e.g. on SIGHUP) without waiting for it.
-// Requests that arrive while one is pending or running are merged into it.
+// Requests made while a run is under way cause one more run after it, so
+// that a keyring changed during a run is always read; any number of them
+// cause just one.
 func (s *Source) Refresh() {
 	select {
 	case s.trigger <- struct{}{}:
@@ -128,86 +248,78 @@ func (s *Source) Refresh() {
 	}
 }
 
-// Close stops refreshing, kills a running command and drops the keys.
-// Calling it again does nothing.
+// Close stops refreshing, kills a running command, and drops and wipes
+// the keys. Calling it again does nothing.
 func (s *Source) Close() {
-	s.stop()
-	<-s.done
-	s.setKeys(nil)
+	s.closing.Do(func() {
+		if s.stop != nil {
+			s.stop()
+			<-s.done
+		}
+		s.purge()
+	})
 }
 
-func (s *Source) setKeys(set *codec.Set) {
+// publish makes set the keys requests get, then wipes drop (keys that set
+// no longer holds) once no request holds them, and returns the memory that
+// held them to the operating system.
+func (s *Source) publish(set *codec.Set, drop []*codec.Key) {
 	s.keys.Store(set)
 	s.cfg.Hooks.KeysChanged(set)
+	if len(drop) == 0 {
+		return
+	}
+	// An empty critical section: waiting for the readers is the point.
+	s.users.Lock()
+	s.users.Unlock()
+	for _, k := range drop {
+		k.Wipe()
+	}
+	debug.FreeOSMemory()
 }
 
-// fetch runs the command and sets up a cipher for each key it printed,
-// primary first. The raw key bytes are wiped before it returns: the
-// ciphers keep their own key schedules.
-func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
-	start := time.Now()
-	keys, err := s.fetchKeys(ctx)
-	end := time.Now()
-	o := OutcomeSuccess
-	switch {
-	case errors.Is(err, ErrTimeout):
-		o = OutcomeTimeout
-	case errors.Is(err, ErrTooMuchOutput), errors.As(err, new(*outputError)):
-		o = OutcomeInvalidOutput
-	case err != nil:
-		o = OutcomeFailed
+// purge drops and wipes every key.
+func (s *Source) purge() {
+	var drop []*codec.Key
+	if old := s.keys.Load(); old != nil {
+		drop = old.Keys()
 	}
-	s.cfg.Hooks.CommandRan(o, end.Sub(start), end)
-	return keys, err
+	s.publish(nil, drop)
 }
 
-// outputError marks a run that succeeded but printed no usable KEK.
-type outputError struct{ error }
-
-func (e *outputError) Unwrap() error { return e.error }
-
-func (s *Source) fetchKeys(ctx context.Context) ([]*codec.Key, error) {
-	out, stderr, err := Run(ctx, s.argv, s.cfg.CommandTimeout)
-	if err != nil {
-		return nil, err
-	}
-	if stderr != "" {
-		s.cfg.Log.Debug("KEK command wrote to stderr", "stderr", stderr)
-	}
-	ring, err := kek.Parse(out)
-	clear(out)
-	if err != nil {
-		return nil, &outputError{err}
-	}
-	defer ring.Wipe()
-	keys := make([]*codec.Key, 0, len(ring.Keys))
-	for _, k := range ring.Keys {
-		ck, err := codec.NewKey(k)
-		if err != nil {
-			return nil, &outputError{err}
-		}
-		keys = append(keys, ck)
-	}
-	return keys, nil
-}
-
-// install makes fresh the current keys. Keys that the command no longer
-// lists stay for decrypt (after the listed ones, so never primary), because
-// data written under them may still exist; they are forgotten on restart
-// and on purge. It returns the set it replaced (nil if purged).
+// install makes fresh the current keys. A key that is already loaded keeps
+// its cipher and fresh's copy is wiped at once, so that each key exists in
+// memory once. Keys that the command no longer lists stay for decrypt
+// (after the listed ones, so never primary), because data written under
+// them may still exist; they are forgotten on restart and on purge. It
+// returns the set it replaced (nil if purged).
 func (s *Source) install(fresh []*codec.Key) (old *codec.Set) {
 	old = s.keys.Load()
-	keys := fresh
-	if old != nil {
-		retired := 0
-		for _, k := range old.Keys() {
-			if !hasKey(fresh, k.ID) && retired < maxRetired {
-				keys = append(keys, k)
-				retired++
-			}
+	if old == nil {
+		s.publish(codec.NewSet(fresh), nil)
+		return nil
+	}
+	keys := make([]*codec.Key, 0, len(fresh)+len(old.Keys()))
+	for _, k := range fresh {
+		if have := old.Lookup(k.ID); have != nil {
+			k.Wipe() // never published
+			k = have
+		}
+		keys = append(keys, k)
+	}
+	var drop []*codec.Key
+	retired := 0
+	for _, k := range old.Keys() {
+		switch {
+		case hasKey(fresh, k.ID):
+		case retired < maxRetired:
+			keys = append(keys, k)
+			retired++
+		default:
+			drop = append(drop, k)
 		}
 	}
-	s.setKeys(codec.NewSet(keys))
+	s.publish(codec.NewSet(keys), drop)
 	return old
 }
 
@@ -232,6 +344,22 @@ func sameKeys(a, b *codec.Set) bool {
 	return true
 }
 
+// fetch runs the command and sets up a cipher for each key it printed,
+// primary first, reporting the run to the hooks.
+func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
+	start := time.Now()
+	f, err := Fetch(ctx, s.argv, s.cfg.CommandTimeout)
+	end := time.Now()
+	s.cfg.Hooks.CommandRan(outcome(err), end.Sub(start), end)
+	if err != nil {
+		return nil, err
+	}
+	if f.Stderr != "" {
+		s.cfg.Log.Debug("KEK command wrote to stderr", "stderr", f.Stderr)
+	}
+	return f.Keys, nil
+}
+
 type result struct {
 	keys []*codec.Key
 	err  error
@@ -249,24 +377,41 @@ func (s *Source) loop(ctx context.Context) {
 	defer next.Stop()
 
 	var results chan result // non-nil while a run is in flight
+	run := func() {
+		results = make(chan result, 1)
+		go func() {
+			keys, err := s.fetch(ctx)
+			results <- result{keys, err}
+		}()
+	}
 	failures := 0
 	purged := false
+	again := false // a refresh was asked for while a run was in flight
 	for {
-		startRun := false
 		select {
 		case <-ctx.Done():
 			if results != nil {
-				<-results
+				r := <-results
+				for _, k := range r.keys {
+					k.Wipe()
+				}
 			}
 			return
 		case <-s.trigger:
-			startRun = true
+			if results == nil {
+				run()
+			} else if !again {
+				again = true
+				log.Info("refresh asked for while the KEK command runs: it runs again when this run ends")
+			}
 		case <-next.C:
-			startRun = true
+			if results == nil {
+				run()
+			}
 		case <-expiry.C:
 			if !purged {
 				purged = true
-				s.setKeys(nil)
+				s.purge()
 				log.Error("KEK purged: the command has not succeeded within the timeout; "+
 					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", failures)
 			}
@@ -281,20 +426,17 @@ func (s *Source) loop(ctx context.Context) {
 					log.Debug("KEK refresh failed again", "err", r.err, "failures", failures, "retry_in", delay)
 				}
 				next.Reset(delay)
-				continue
+			} else {
+				old := s.install(r.keys)
+				s.logChange(old, purged, failures)
+				purged, failures = false, 0
+				expiry.Reset(s.cfg.Timeout)
+				next.Reset(s.refreshDelay())
 			}
-			old := s.install(r.keys)
-			s.logChange(old, purged, failures)
-			purged, failures = false, 0
-			expiry.Reset(s.cfg.Timeout)
-			next.Reset(s.refreshDelay())
-		}
-		if startRun && results == nil {
-			results = make(chan result, 1)
-			go func() {
-				keys, err := s.fetch(ctx)
-				results <- result{keys, err}
-			}()
+			if again {
+				again = false
+				run()
+			}
 		}
 	}
 }
@@ -320,12 +462,12 @@ func (s *Source) logChange(old *codec.Set, wasPurged bool, failures int) {
 	}
 }
 
-// refreshDelay is when to refresh a keyring just loaded: at 3/4 of its
-// lifetime, a little earlier at random so that daemons started together
-// do not all call the key server at once.
+// refreshDelay is when to run the command after a success: every
+// RefreshInterval, a little earlier at random so that daemons started
+// together do not all call the key server at once.
 func (s *Source) refreshDelay() time.Duration {
-	t := s.cfg.Timeout
-	return t*3/4 - rand.N(t/20+1)
+	t := s.cfg.RefreshInterval
+	return t - rand.N(t/20+1)
 }
 
 // backoff is the wait after the n-th consecutive failure: exponential from

@@ -2,4 +2,5 @@
 
 package testbin
 
-const raceEnabled = true
+// RaceEnabled says whether the tests run with -race.
+const RaceEnabled = true

@@ -68,7 +68,7 @@ func Binary(t testing.TB, env, pkg string) string {
 	}
 	out := filepath.Join(binDir, filepath.Base(pkg))
 	args := []string{"build", "-o", out}
-	if raceEnabled {
+	if RaceEnabled {
 		args = append(args, "-race")
 	}
 	if b, err := exec.Command("go", append(args, pkg)...).CombinedOutput(); err != nil {

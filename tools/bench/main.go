@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/process"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -86,7 +86,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	// The load generator shares the CPUs with the servers it measures:
 	// the less it spends collecting garbage, the more they get.
-	server.SetGCPercent()
+	process.TuneGC()
 	rep, err := load.Bench(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)

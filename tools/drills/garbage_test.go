@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +23,7 @@ import (
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/testbin"
+	"github.com/cmdkms/kms/src/transport"
 	"github.com/cmdkms/kms/tools/bench/load"
 )
 
@@ -111,7 +114,7 @@ func garbageDrill(t *testing.T, mode string) {
 			mu.Lock()
 			answered[req.kind]++
 			mu.Unlock()
-		case code == codes.ResourceExhausted && req.kind == "beyond-grpc-limit":
+		case code == codes.ResourceExhausted && overLimit(err):
 		case code == codes.Internal && req.raw && strings.Contains(status.Convert(err).Message(), "unmarshal"):
 		case code != codes.InvalidArgument && code != codes.FailedPrecondition:
 			problem("%s: %v", req.kind, err)
@@ -209,9 +212,9 @@ func garbageRequest(rng *rand.Rand, src *rand.ChaCha8, objects []object) request
 		kind, bad = "legacy-random", append([]byte(":ck:aescbc:v1:"), randBytes(16*(2+rng.IntN(8)))...)
 	case k < 80:
 		kind, bad = "oversized", append(bytes.Clone(ct[:30]), randBytes(codec.MaxCiphertext+1+rng.IntN(256<<10))...)
-	case k < 81 && rng.IntN(10) == 0:
-		// gRPC's own limit (4 MiB) answers before the daemon does.
-		kind, bad = "beyond-grpc-limit", randBytes(4<<20+1)
+	case k < 81:
+		// The transport's message limit answers before the daemon does.
+		kind, bad = "beyond-message-limit", randBytes(transport.MaxMessage+1)
 	case k < 86:
 		return badFields(rng, i, o, randBytes)
 	case k < 92:
@@ -297,6 +300,21 @@ func rawFrame(rng *rand.Rand, i int, o object, randBytes func(int) []byte) reque
 		return r.Plaintext, proto.Unmarshal(out, &r)
 	}}
 }
+
+// overLimit says whether err is gRPC refusing a request larger than the
+// transport's limit, and the request was indeed larger: requests within
+// the limit must reach the daemon.
+func overLimit(err error) bool {
+	m := overLimitRE.FindStringSubmatch(status.Convert(err).Message())
+	if m == nil {
+		return false
+	}
+	size, _ := strconv.Atoi(m[1])
+	limit, _ := strconv.Atoi(m[2])
+	return limit == transport.MaxMessage && size > limit
+}
+
+var overLimitRE = regexp.MustCompile(`larger than max \((\d+) vs\. (\d+)\)`)
 
 func isCBC(ct []byte) bool {
 	return bytes.HasPrefix(ct, []byte(":ck:aescbc:v1:")) || bytes.HasPrefix(ct, []byte(":ck:v2:aescbc:"))

@@ -9,8 +9,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/cmdkms/kms/src/codec"
-	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/keysource"
 )
 
@@ -29,7 +27,7 @@ func check(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(io.Discard)
 	fs.SortFlags = false
 	command := fs.String("command", "", "command that prints the KEK on stdout (required); run as the daemon runs it")
-	timeout := fs.Duration("command-timeout", 30*time.Second, "a run that takes longer is killed with its process group")
+	timeout := fs.Duration("command-timeout", keysource.DefaultCommandTimeout, "a run that takes longer is killed with its process group")
 	err := fs.Parse(args)
 	switch {
 	case errors.Is(err, pflag.ErrHelp):
@@ -59,37 +57,30 @@ func checkCommand(command string, timeout time.Duration, stdout, stderr io.Write
 		return err
 	}
 	start := time.Now()
-	out, errOut, err := keysource.Run(context.Background(), argv, timeout)
+	f, err := keysource.Fetch(context.Background(), argv, timeout)
 	took := time.Since(start).Round(time.Millisecond)
 	if err != nil {
 		return err // already carries the command's stderr
 	}
-	if errOut != "" {
-		fmt.Fprintf(stderr, "the command wrote to stderr (the daemon logs this at debug level): %s\n", errOut)
-	}
-	ring, err := kek.Parse(out)
-	clear(out)
-	if err != nil {
-		return err
-	}
-	defer ring.Wipe()
-	// What the daemon does next: an AES cipher per key.
-	for _, k := range ring.Keys {
-		if _, err := codec.NewKey(k); err != nil {
-			return fmt.Errorf("key %s: %w", k.ID, err)
+	defer func() {
+		for _, k := range f.Keys {
+			k.Wipe()
 		}
+	}()
+	if f.Stderr != "" {
+		fmt.Fprintf(stderr, "the command wrote to stderr (the daemon logs this at debug level): %s\n", f.Stderr)
 	}
 	format := "text keyring"
-	if ring.Raw {
+	if f.Raw {
 		format = "raw key (2018 format)"
 	}
-	fmt.Fprintf(stdout, "ok: %s with %d key(s), command took %v\n", format, len(ring.Keys), took)
-	for i, k := range ring.Keys {
+	fmt.Fprintf(stdout, "ok: %s with %d key(s), command took %v\n", format, len(f.Keys), took)
+	for i, k := range f.Keys {
 		role := "decrypt only"
 		if i == 0 {
 			role = "primary (encrypts new data)"
 		}
-		fmt.Fprintf(stdout, "%s  %d bytes  %s\n", k.ID, len(k.Secret), role)
+		fmt.Fprintf(stdout, "%s  %d bytes  %s\n", k.KeyID, k.Size, role)
 	}
 	return nil
 }

@@ -12,6 +12,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/keysource"
+	"github.com/cmdkms/kms/src/process"
+	"github.com/cmdkms/kms/src/socket"
+	"github.com/cmdkms/kms/src/transport"
 )
 
 // minTimeout keeps the command from being run in a tight loop, as in 2018.
@@ -21,6 +25,7 @@ const minTimeout = time.Minute
 type config struct {
 	command         string
 	timeout         time.Duration
+	refreshInterval time.Duration
 	commandTimeout  time.Duration
 	endpoint        string
 	socketMode      os.FileMode
@@ -30,6 +35,8 @@ type config struct {
 	logLevel        slog.Level
 	showVersion     bool
 	healthAddress   string
+	mlock           process.Mlock
+	idleTimeout     time.Duration
 }
 
 const usageHead = `kms: a Kubernetes KMS plugin (KMS v1beta1 and v2 on one unix socket)
@@ -52,8 +59,9 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.SetOutput(io.Discard) // errors are reported by the caller, once
 	fs.SortFlags = false
 	fs.StringVar(&c.command, "command", "", "command that prints the KEK on stdout (required); run with /bin/sh -c when /bin/sh exists, else split on spaces and run directly")
-	fs.DurationVar(&c.timeout, "timeout", time.Hour, "how long the KEK stays cached without a successful run of the command (min 1m); it is refreshed from 3/4 of this on")
-	fs.DurationVar(&c.commandTimeout, "command-timeout", 30*time.Second, "a run of the command that takes longer is killed with its process group")
+	fs.DurationVar(&c.timeout, "timeout", time.Hour, "how long the KEK stays cached without a successful run of the command (1m to 8760h)")
+	fs.DurationVar(&c.refreshInterval, "refresh-interval", 0, "how often the command runs while it succeeds (default --timeout/5)")
+	fs.DurationVar(&c.commandTimeout, "command-timeout", keysource.DefaultCommandTimeout, "a run of the command that takes longer is killed with its process group")
 	fs.StringVar(&c.endpoint, "endpoint", "", "unix:///path of the socket to create; empty: use the socket systemd passes (LISTEN_FDS)")
 	socketMode := fs.String("socket-mode", "0600", "permissions (octal) of the socket file kms creates")
 	mode := fs.String("mode", "aesgcm", "codec for new ciphertexts: aesgcm (authenticated, recommended) or aescbc; decryption follows each ciphertext's header whatever this is")
@@ -61,11 +69,15 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format on stderr: text or json")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.healthAddress, "health-address", "", "host:port for HTTP /healthz, /readyz and /metrics (e.g. 127.0.0.1:9464); empty: no HTTP listener")
+	mlock := fs.String("mlock", string(process.MlockAuto), "lock memory so keys never reach swap: auto (where it is sure to work), required (or fail), off")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	// Tests of purge and resume with the real binary cannot wait a minute
 	// per timeout; nothing else should lower the floor.
 	floor := fs.Duration("min-timeout", minTimeout, "lowest --timeout accepted (for tests only)")
 	fs.MarkHidden("min-timeout")
+	// Tests of idle connections cannot wait five minutes.
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", transport.IdleTimeout, "close a connection with no call in flight after this long (for tests only)")
+	fs.MarkHidden("idle-timeout")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
@@ -85,8 +97,20 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if c.timeout < *floor {
 		return nil, fmt.Errorf("--timeout %v is below the minimum of %v", c.timeout, *floor)
 	}
+	if c.timeout > keysource.MaxTimeout {
+		return nil, fmt.Errorf("--timeout %v is above the maximum of %v (a year; to never purge, use that)", c.timeout, keysource.MaxTimeout)
+	}
+	if c.refreshInterval == 0 {
+		c.refreshInterval = c.timeout / keysource.RefreshDivisor
+	}
+	if c.refreshInterval < time.Second || c.refreshInterval >= c.timeout {
+		return nil, fmt.Errorf("--refresh-interval %v must be at least 1s and below --timeout %v", c.refreshInterval, c.timeout)
+	}
 	if c.commandTimeout <= 0 || c.commandTimeout >= c.timeout {
 		return nil, fmt.Errorf("--command-timeout %v must be positive and below --timeout %v", c.commandTimeout, c.timeout)
+	}
+	if c.idleTimeout <= 0 {
+		return nil, fmt.Errorf("--idle-timeout %v must be positive", c.idleTimeout)
 	}
 	if c.shutdownTimeout <= 0 {
 		return nil, fmt.Errorf("--shutdown-timeout %v must be positive", c.shutdownTimeout)
@@ -96,6 +120,12 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--socket-mode %q: want octal permissions such as 0600 or 0660", *socketMode)
 	}
 	c.socketMode = os.FileMode(m)
+	if err := socket.CheckMode(c.socketMode); err != nil {
+		return nil, fmt.Errorf("--socket-mode %s: %w", *socketMode, err)
+	}
+	if c.mlock, err = process.ParseMlock(*mlock); err != nil {
+		return nil, fmt.Errorf("--mlock %w", err)
+	}
 	if c.mode, err = codec.ParseMode(*mode); err != nil {
 		return nil, fmt.Errorf("--mode: %w", err)
 	}

@@ -23,10 +23,15 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/admin"
 	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/health"
 	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/metrics"
-	"github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/process"
+	"github.com/cmdkms/kms/src/service"
+	"github.com/cmdkms/kms/src/socket"
+	"github.com/cmdkms/kms/src/transport"
 )
 
 // version is set at link time: -ldflags "-X main.version=v1.2.3".
@@ -53,7 +58,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	log := cfg.logger(stderr)
-	server.SetGCPercent()
 	if err := serve(cfg, log); err != nil {
 		log.Error("kms stopped", "err", err)
 		return 1
@@ -71,71 +75,79 @@ func versionString() string {
 	return "devel"
 }
 
-// serve runs the daemon until SIGTERM/SIGINT. The socket is opened before
-// the command first runs so that a second daemon on the same path fails at
-// once, without running the (possibly slow) KEK command.
+// serve runs the daemon until SIGTERM/SIGINT.
 func serve(cfg *config, log *slog.Logger) error {
+	// Signals first: Go's default for SIGHUP is to exit, and the first run
+	// of the command may take long.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-
-	l, err := server.Listen(cfg.endpoint, cfg.socketMode, log)
-	if err != nil {
-		return err
-	}
-	// Opened before the command runs too: a taken port fails at once.
-	var hl net.Listener
-	if cfg.healthAddress != "" {
-		if hl, err = net.Listen("tcp", cfg.healthAddress); err != nil {
-			l.Close()
-			return fmt.Errorf("--health-address: %w", err)
-		}
-	}
-
-	// The hooks are called from the first run of the command on, so what
-	// they feed is set up before keysource.Start.
-	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-	gs := server.NewGRPCServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
-	health := server.RegisterHealth(gs)
-	keys, err := keysource.Start(keysource.Config{
-		Command:        cfg.command,
-		Timeout:        cfg.timeout,
-		CommandTimeout: cfg.commandTimeout,
-		Log:            log,
-		Hooks:          hooks{met, health},
-	})
-	if err != nil {
-		l.Close()
-		if hl != nil {
-			hl.Close()
-		}
-		return fmt.Errorf("the KEK command failed at start: %w", err)
-	}
-	defer keys.Close()
-
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+
+	process.TuneGC()
+	if err := process.Harden(cfg.mlock, log); err != nil {
+		return err
+	}
+	if process.ReapOrphans() {
+		log.Info("reaping orphaned processes (kms is PID 1 or a subreaper)")
+	}
+
+	// The socket is opened before the command first runs, so that a second
+	// daemon on the same path fails at once, without running the (possibly
+	// slow) KEK command; and so is the health port.
+	l, err := socket.Listen(cfg.endpoint, cfg.socketMode, log)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	var hl net.Listener
+	if cfg.healthAddress != "" {
+		if hl, err = admin.Listen(cfg.healthAddress, log); err != nil {
+			return err
+		}
+		defer hl.Close()
+	}
+
+	// The hooks are called from the first run of the command on, so what
+	// they feed is set up before the keys are.
+	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
+	gs := transport.NewServer(cfg.idleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
+	hs := health.Register(gs)
+	keys, err := keysource.New(keysource.Config{
+		Command:         cfg.command,
+		Timeout:         cfg.timeout,
+		RefreshInterval: cfg.refreshInterval,
+		CommandTimeout:  cfg.commandTimeout,
+		Mode:            cfg.mode,
+		Log:             log,
+		Hooks:           hooks{met, hs},
+	})
+	if err != nil {
+		return err
+	}
+	defer keys.Close()
 	go func() {
 		for range hup {
-			log.Info("SIGHUP: running the KEK command now")
+			log.Info("SIGHUP: running the KEK command")
 			keys.Refresh()
 		}
 	}()
-
-	server.Register(gs, keys, cfg.mode, versionString())
-	served := make(chan error, 2)
-	go func() { served <- gs.Serve(l) }()
-	var hs *http.Server
-	if hl != nil {
-		hs = &http.Server{
-			Handler:           server.HTTPHandler(keys, cfg.mode, promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{})),
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      30 * time.Second,
-			IdleTimeout:       time.Minute,
-			ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	if err := keys.Start(ctx); err != nil {
+		if ctx.Err() != nil {
+			log.Info("stopped before the first KEK was loaded: the KEK command was killed", "err", err)
+			return nil
 		}
-		go func() { served <- fmt.Errorf("health listener: %w", hs.Serve(hl)) }()
+		return fmt.Errorf("the KEK command failed at start: %w", err)
+	}
+
+	service.Register(gs, keys, versionString())
+	served := make(chan error, 2)
+	go func() { served <- gs.Serve(transport.Limit(l)) }()
+	var hsrv *http.Server
+	if hl != nil {
+		hsrv = admin.NewServer(keys, promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}), log)
+		go func() { served <- fmt.Errorf("health listener: %w", hsrv.Serve(hl)) }()
 		log.Info("serving /healthz, /readyz and /metrics", "address", hl.Addr().String())
 	}
 	log.Info("serving KMS v1beta1 and v2", "socket", l.Addr().String(), "mode", cfg.mode.String(), "version", versionString())
@@ -146,9 +158,9 @@ func serve(cfg *config, log *slog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info("shutting down: finishing in-flight calls", "limit", cfg.shutdownTimeout)
-	health.Shutdown()
-	if hs != nil {
-		hs.Close()
+	hs.Shutdown()
+	if hsrv != nil {
+		hsrv.Close()
 	}
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
@@ -160,14 +172,14 @@ func serve(cfg *config, log *slog.Logger) error {
 		<-stopped
 	}
 	keys.Close()
-	log.Info("stopped: socket removed, keys dropped")
+	log.Info("stopped: socket removed, keys wiped")
 	return nil
 }
 
 // hooks passes the keysource's news to the metrics and the health service.
 type hooks struct {
 	met    *metrics.Metrics
-	health *server.Health
+	health *health.Health
 }
 
 func (h hooks) CommandRan(o keysource.Outcome, took time.Duration, end time.Time) {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	kmsserver "github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/socket"
 	"github.com/cmdkms/kms/src/testbin"
 )
 
@@ -141,10 +141,10 @@ func TestReadProcSeesCPUTime(t *testing.T) {
 var sink int
 
 // serve runs gs on a unix socket in a short temp dir, the socket made by
-// the daemon's own server.Listen, and connects a Client to it.
+// the daemon's own socket.Listen, and connects a Client to it.
 func serve(t testing.TB, gs *grpc.Server) *Client {
 	sock := filepath.Join(testbin.ShortDir(t), "s.sock")
-	l, err := kmsserver.Listen("unix://"+sock, 0o600, nil)
+	l, err := socket.Listen("unix://"+sock, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

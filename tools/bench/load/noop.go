@@ -11,28 +11,31 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	kmsserver "github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/process"
+	"github.com/cmdkms/kms/src/socket"
+	"github.com/cmdkms/kms/src/transport"
 )
 
 // NoopKeyID is the key_id the do-nothing plugin reports.
 const NoopKeyID = "noop"
 
 // ServeNoop serves a plugin that does no work: encrypt and decrypt return
-// their input. Its socket comes from the daemon's own server.Listen, its
-// gRPC server from server.NewGRPCServer, and it sets the daemon's garbage
-// collector target, so what it costs per request is the transport's
+// their input. Its socket comes from the daemon's own socket.Listen, its
+// gRPC server from transport.NewServer, and it tunes the garbage collector
+// as the daemon does, so what it costs per request is the transport's
 // floor. Interceptors the daemon adds (metrics) are work the daemon does
 // per request, so they are not copied here. It runs until SIGTERM or
 // SIGINT.
 func ServeNoop(endpoint string, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	kmsserver.SetGCPercent()
-	l, err := kmsserver.Listen(endpoint, 0o600, log)
+	process.TuneGC()
+	l, err := socket.Listen(endpoint, 0o600, log)
 	if err != nil {
 		return err
 	}
-	gs := kmsserver.NewGRPCServer()
+	l = transport.Limit(l)
+	gs := transport.NewServer(transport.IdleTimeout)
 	RegisterNoop(gs)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(l) }()

@@ -2,23 +2,22 @@ package load
 
 import (
 	"context"
+	"log/slog"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/codec"
-	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/metrics"
-	kmsserver "github.com/cmdkms/kms/src/server"
+	"github.com/cmdkms/kms/src/service"
 	"github.com/cmdkms/kms/src/testbin"
+	"github.com/cmdkms/kms/src/transport"
 )
-
-type staticKeys struct{ set *codec.Set }
-
-func (k staticKeys) Keys() *codec.Set { return k.set }
 
 // BenchmarkRoundTrip makes tools/bench's call mix over a unix socket, the
 // client in this process, against the do-nothing plugin ("noop") and the
@@ -27,33 +26,35 @@ func (k staticKeys) Keys() *codec.Set { return k.set }
 // allocs/op count both; the differences between the three are the
 // server's. go test -run '^$' -bench RoundTrip ./tools/bench/load
 func BenchmarkRoundTrip(b *testing.B) {
-	k, err := kek.NewKey(testbin.NewKey())
+	ring := filepath.Join(b.TempDir(), "keyring")
+	testbin.WriteKeyring(b, ring, testbin.NewKey())
+	keys, err := keysource.New(keysource.Config{Command: "cat " + ring, Timeout: time.Hour,
+		CommandTimeout: time.Minute, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		b.Fatal(err)
 	}
-	ck, err := codec.NewKey(k)
-	if err != nil {
+	defer keys.Close()
+	if err := keys.Start(context.Background()); err != nil {
 		b.Fatal(err)
 	}
-	keys := staticKeys{codec.NewSet([]*codec.Key{ck})}
 	for _, v := range []struct {
 		name  string
 		build func() *grpc.Server
 	}{
 		{"noop", func() *grpc.Server {
-			gs := kmsserver.NewGRPCServer()
+			gs := transport.NewServer(transport.IdleTimeout)
 			RegisterNoop(gs)
 			return gs
 		}},
 		{"kms", func() *grpc.Server {
-			gs := kmsserver.NewGRPCServer()
-			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
+			gs := transport.NewServer(transport.IdleTimeout)
+			service.Register(gs, keys, "bench")
 			return gs
 		}},
 		{"kms+metrics", func() *grpc.Server {
 			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-			gs := kmsserver.NewGRPCServer(grpc.UnaryInterceptor(met.UnaryInterceptor()))
-			kmsserver.Register(gs, keys, codec.AESGCM, "bench")
+			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
+			service.Register(gs, keys, "bench")
 			return gs
 		}},
 	} {

@@ -1,4 +1,4 @@
-package server
+package service
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -21,24 +21,54 @@ import (
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/testbin"
+	"github.com/cmdkms/kms/src/transport"
 )
 
-// swappable stands in for keysource.Source: the test decides what is loaded.
-type swappable struct{ p atomic.Pointer[codec.Set] }
+// keyring is a keysource.Source over a keyring file the test rewrites.
+type keyring struct {
+	path string
+	src  *keysource.Source
+}
 
-func (s *swappable) Keys() *codec.Set { return s.p.Load() }
-
-func key(t *testing.T, secret []byte) *codec.Key {
-	r, err := kek.Parse(secret)
+func newKeyring(t *testing.T, mode codec.Mode, timeout time.Duration, keys ...[]byte) *keyring {
+	t.Helper()
+	r := &keyring{path: filepath.Join(t.TempDir(), "keyring")}
+	testbin.WriteKeyring(t, r.path, keys...)
+	src, err := keysource.New(keysource.Config{
+		Command: "cat " + r.path, Timeout: timeout, RefreshInterval: timeout / 10,
+		CommandTimeout: timeout / 2, Mode: mode, Log: slog.New(slog.DiscardHandler),
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := codec.NewKey(r.Keys[0])
-	if err != nil {
+	if err := src.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return k
+	t.Cleanup(src.Close)
+	r.src = src
+	return r
+}
+
+// rotate makes keys the keyring and waits until keys[0] is primary.
+func (r *keyring) rotate(t *testing.T, keys ...[]byte) {
+	t.Helper()
+	testbin.WriteKeyring(t, r.path, keys...)
+	r.src.Refresh()
+	want := keyID(keys[0])
+	testbin.WaitFor(t, "the rotation", 10*time.Second, func() bool {
+		id, _ := r.src.Primary()
+		return id == want
+	})
+}
+
+func keyID(secret []byte) string {
+	k, err := kek.NewKey(bytes.Clone(secret))
+	if err != nil {
+		panic(err)
+	}
+	return k.ID.String()
 }
 
 func random(n int) []byte {
@@ -52,15 +82,15 @@ type clients struct {
 	v2 v2.KeyManagementServiceClient
 }
 
-func serve(t *testing.T, keys Keys, mode codec.Mode) clients {
+func serve(t *testing.T, keys *keysource.Source) clients {
 	t.Helper()
 	sock := filepath.Join(testbin.ShortDir(t), "kms.sock")
-	l, err := Listen("unix://"+sock, 0o600, slog.New(slog.DiscardHandler))
+	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewGRPCServer()
-	Register(s, keys, mode, "test")
+	s := transport.NewServer(transport.IdleTimeout)
+	Register(s, keys, "test")
 	go s.Serve(l)
 	t.Cleanup(s.Stop)
 	conn := testbin.Dial(t, sock)
@@ -78,10 +108,8 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, msg string)
 
 func TestV1(t *testing.T) {
 	ctx := context.Background()
-	keys := &swappable{}
 	secret := random(32)
-	keys.p.Store(codec.NewSet([]*codec.Key{key(t, secret)}))
-	c := serve(t, keys, codec.AESGCM)
+	c := serve(t, newKeyring(t, codec.AESGCM, time.Hour, secret).src)
 
 	v, err := c.v1.Version(ctx, &v1beta1.VersionRequest{Version: "v1beta1"})
 	if err != nil || v.Version != "v1beta1" || v.RuntimeName != "kms" || v.RuntimeVersion != "test" {
@@ -148,13 +176,12 @@ func badInput(t *testing.T, decrypt func([]byte) error, good []byte) {
 
 func TestV2(t *testing.T) {
 	ctx := context.Background()
-	keys := &swappable{}
-	a, b := key(t, random(32)), key(t, random(16))
-	keys.p.Store(codec.NewSet([]*codec.Key{a}))
-	c := serve(t, keys, codec.AESCBC)
+	a, b := random(32), random(16)
+	ring := newKeyring(t, codec.AESCBC, time.Hour, a)
+	c := serve(t, ring.src)
 
 	st, err := c.v2.Status(ctx, &v2.StatusRequest{})
-	if err != nil || st.Version != "v2" || st.Healthz != "ok" || st.KeyId != a.KeyID {
+	if err != nil || st.Version != "v2" || st.Healthz != "ok" || st.KeyId != keyID(a) {
 		t.Fatalf("Status: %v %v", st, err)
 	}
 	if len(st.KeyId) > 1024 {
@@ -178,40 +205,48 @@ func TestV2(t *testing.T) {
 	_, err = c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: "kek1-00000000000000000000000000000000"})
 	wantCode(t, "unknown key_id", err, codes.FailedPrecondition, "is not in the keyring")
 	badInput(t, func(ct []byte) error {
-		_, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: ct, KeyId: a.KeyID})
+		_, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: ct, KeyId: keyID(a)})
 		return err
 	}, enc.Ciphertext)
 	_, err = c.v2.Encrypt(ctx, &v2.EncryptRequest{})
 	wantCode(t, "empty plaintext", err, codes.InvalidArgument, "plaintext is empty")
 
 	// Rotation: b is primary, a still decrypts.
-	keys.p.Store(codec.NewSet([]*codec.Key{b, a}))
+	ring.rotate(t, b, a)
 	st, _ = c.v2.Status(ctx, &v2.StatusRequest{})
 	enc2, err := c.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: seed})
-	if err != nil || st.KeyId != b.KeyID || enc2.KeyId != b.KeyID {
+	if err != nil || st.KeyId != keyID(b) || enc2.KeyId != keyID(b) {
 		t.Fatalf("after rotation: status %s, encrypt %v", st.KeyId, err)
 	}
-	if _, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: a.KeyID}); err != nil {
+	if _, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: keyID(a)}); err != nil {
 		t.Fatalf("old data after rotation: %v", err)
 	}
-	_, err = c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: b.KeyID})
+	_, err = c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: keyID(b)})
 	wantCode(t, "mismatched key_id", err, codes.InvalidArgument, "does not match the ciphertext")
 
-	// Only b is left: a's data gets a clear error naming the key.
-	keys.p.Store(codec.NewSet([]*codec.Key{b}))
-	_, err = c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: a.KeyID})
-	wantCode(t, "removed key", err, codes.FailedPrecondition, a.KeyID)
+	// a is no longer listed: it stays in memory, for decryption only.
+	ring.rotate(t, b)
+	if _, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: keyID(a)}); err != nil {
+		t.Fatalf("retired key: %v", err)
+	}
+	// A daemon that never held a: a's data gets a clear error naming the key.
+	c = serve(t, newKeyring(t, codec.AESCBC, time.Hour, b).src)
+	_, err = c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: keyID(a)})
+	wantCode(t, "removed key", err, codes.FailedPrecondition, keyID(a))
 }
 
 func TestPurgedIsUnavailable(t *testing.T) {
 	ctx := context.Background()
-	keys := &swappable{}
-	k := key(t, random(32))
-	keys.p.Store(codec.NewSet([]*codec.Key{k}))
-	c := serve(t, keys, codec.AESGCM)
+	k := random(32)
+	ring := newKeyring(t, codec.AESGCM, time.Second, k)
+	c := serve(t, ring.src)
 	enc, _ := c.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: []byte("seed")})
 
-	keys.p.Store(nil)
+	os.Remove(ring.path)
+	testbin.WaitFor(t, "the purge", 10*time.Second, func() bool {
+		_, err := ring.src.Primary()
+		return err != nil
+	})
 	_, err := c.v2.Status(ctx, &v2.StatusRequest{})
 	wantCode(t, "Status", err, codes.Unavailable, "purged")
 	_, err = c.v2.Encrypt(ctx, &v2.EncryptRequest{Plaintext: []byte("seed")})
@@ -221,86 +256,12 @@ func TestPurgedIsUnavailable(t *testing.T) {
 	_, err = c.v1.Encrypt(ctx, &v1beta1.EncryptRequest{Version: "v1beta1", Plain: []byte("dek")})
 	wantCode(t, "v1 Encrypt", err, codes.Unavailable, "purged")
 
-	keys.p.Store(codec.NewSet([]*codec.Key{k}))
+	testbin.WriteKeyring(t, ring.path, k)
+	testbin.WaitFor(t, "the keys to come back", 10*time.Second, func() bool {
+		_, err := ring.src.Primary()
+		return err == nil
+	})
 	if _, err := c.v2.Decrypt(ctx, &v2.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId}); err != nil {
 		t.Fatalf("after resume: %v", err)
-	}
-}
-
-func TestListen(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
-	dir := testbin.ShortDir(t)
-
-	for _, mode := range []os.FileMode{0o600, 0o660} {
-		sock := filepath.Join(dir, "m.sock")
-		l, err := Listen("unix://"+sock, mode, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fi, _ := os.Stat(sock)
-		if fi.Mode().Perm() != mode {
-			t.Errorf("mode %v, want %v", fi.Mode().Perm(), mode)
-		}
-		l.Close()
-		if _, err := os.Stat(sock); !os.IsNotExist(err) {
-			t.Error("socket not removed on close")
-		}
-	}
-
-	// Live listener: refuse, and leave it alone.
-	live := filepath.Join(dir, "live.sock")
-	l, err := Listen("unix://"+live, 0o600, log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	if _, err := Listen("unix://"+live, 0o600, log); err == nil || !strings.Contains(err.Error(), "another process is listening") {
-		t.Fatalf("live socket: %v", err)
-	}
-	if c, err := net.Dial("unix", live); err != nil {
-		t.Fatalf("live socket was disturbed: %v", err)
-	} else {
-		c.Close()
-	}
-
-	// Stale socket: a file nobody listens on.
-	stale := filepath.Join(dir, "stale.sock")
-	ul, _ := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
-	ul.SetUnlinkOnClose(false)
-	ul.Close()
-	l2, err := Listen("unix://"+stale, 0o600, log)
-	if err != nil {
-		t.Fatalf("stale socket: %v", err)
-	}
-	l2.Close()
-
-	regular := filepath.Join(dir, "file")
-	os.WriteFile(regular, []byte("precious"), 0o600)
-	for endpoint, want := range map[string]string{
-		"unix://" + regular:                          "not a socket",
-		"unix://" + filepath.Join(dir, "no/k.sock"):  "does not exist",
-		"unix://relative.sock":                       "want unix:///absolute/path",
-		"/run/kms.sock":                              "want unix:///absolute/path",
-		"unix:///" + strings.Repeat("x", 120) + ".s": "at most 107",
-	} {
-		if _, err := Listen(endpoint, 0o600, log); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("%s: %v, want %q", endpoint, err, want)
-		}
-	}
-	if b, _ := os.ReadFile(regular); string(b) != "precious" {
-		t.Error("a regular file was replaced")
-	}
-}
-
-func TestSystemdErrors(t *testing.T) {
-	log := slog.New(slog.DiscardHandler)
-	t.Setenv("LISTEN_FDS", "")
-	if _, err := Listen("", 0o600, log); err == nil || !strings.Contains(err.Error(), "LISTEN_FDS is not set") {
-		t.Fatal(err)
-	}
-	t.Setenv("LISTEN_FDS", "1")
-	t.Setenv("LISTEN_PID", "1")
-	if _, err := Listen("", 0o600, log); err == nil || !strings.Contains(err.Error(), "is not this process") {
-		t.Fatal(err)
 	}
 }

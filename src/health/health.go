@@ -1,27 +1,29 @@
-package server
+// Package health answers whether the daemon can serve: the standard
+// grpc.health.v1 service on the KMS socket, and Ready, a real round trip
+// through the keys.
+package health
 
 import (
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/health"
+	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/keysource"
 )
 
 // Health is the standard grpc.health.v1 service on the KMS socket. It
 // answers for the whole server ("") and for each KMS service by name, all
 // SERVING while a KEK is loaded and NOT_SERVING while purged.
 type Health struct {
-	srv      *health.Server
+	srv      *grpchealth.Server
 	stopping chan struct{}
 	stop     sync.Once
 }
@@ -32,9 +34,9 @@ var healthNames = []string{
 	v2.KeyManagementService_ServiceDesc.ServiceName,
 }
 
-// RegisterHealth adds grpc.health.v1 to s, NOT_SERVING until SetLoaded.
-func RegisterHealth(s *grpc.Server) *Health {
-	h := &Health{srv: health.NewServer(), stopping: make(chan struct{})}
+// Register adds grpc.health.v1 to s, NOT_SERVING until SetLoaded.
+func Register(s *grpc.Server) *Health {
+	h := &Health{srv: grpchealth.NewServer(), stopping: make(chan struct{})}
 	h.SetLoaded(false)
 	healthpb.RegisterHealthServer(s, watchEnds{h.srv, h.stopping})
 	return h
@@ -64,7 +66,7 @@ func (h *Health) Shutdown() {
 // health would hold GracefulStop until --shutdown-timeout cut off every
 // call still in flight.
 type watchEnds struct {
-	*health.Server
+	*grpchealth.Server
 	stopping <-chan struct{}
 }
 
@@ -93,43 +95,19 @@ func (s watchStream) Context() context.Context { return s.ctx }
 var readyProbe = []byte("kms readiness probe")
 
 // Ready says whether the daemon can serve requests right now: a KEK is
-// loaded and a round trip through the codec, with the primary key and
-// mode, gives the plaintext back.
-func Ready(keys Keys, mode codec.Mode) (keyID string, err error) {
-	set := keys.Keys()
-	if set == nil {
-		return "", errors.New("no KEK loaded: the KEK command has kept failing and the keys were purged")
-	}
-	ct, err := set.Encrypt(mode, readyProbe)
+// loaded and a round trip through the codec, with the primary key and the
+// daemon's mode, gives the plaintext back. It returns the primary's key_id.
+func Ready(keys *keysource.Source) (keyID string, err error) {
+	ct, keyID, err := keys.Encrypt(readyProbe)
 	if err != nil {
 		return "", fmt.Errorf("encrypt: %w", err)
 	}
-	pt, k, err := set.Decrypt(ct)
+	pt, opened, err := keys.Decrypt(ct)
 	if err != nil {
 		return "", fmt.Errorf("decrypt: %w", err)
 	}
-	if !bytes.Equal(pt, readyProbe) || k.KeyID != set.Primary().KeyID {
+	if !bytes.Equal(pt, readyProbe) || opened != keyID {
 		return "", errors.New("encrypt/decrypt round trip gave back something else")
 	}
-	return k.KeyID, nil
-}
-
-// HTTPHandler serves --health-address: /healthz (the process is up),
-// /readyz (Ready) and /metrics.
-func HTTPHandler(keys Keys, mode codec.Mode, metrics http.Handler) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Cache-Control", "no-store")
-		id, err := Ready(keys, mode)
-		if err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintf(w, "ok: primary key_id %s\n", id)
-	})
-	mux.Handle("GET /metrics", metrics)
-	return mux
+	return keyID, nil
 }

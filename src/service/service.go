@@ -1,6 +1,6 @@
-// Package server serves KMS v1beta1 and v2 on one gRPC server and opens
-// the daemon's unix socket.
-package server
+// Package service implements KMS v1beta1 and v2 (the two APIs
+// kube-apiserver calls) over the keys of a keysource.Source.
+package service
 
 import (
 	"context"
@@ -14,18 +14,14 @@ import (
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/codec"
+	"github.com/cmdkms/kms/src/keysource"
 )
 
-// Keys gives the current keys, nil while purged. keysource.Source is one.
-type Keys interface {
-	Keys() *codec.Set
-}
-
-// Register adds both KMS services to s. mode picks the codec for new
-// ciphertexts; version is reported by v1beta1's Version.
-func Register(s *grpc.Server, keys Keys, mode codec.Mode, version string) {
-	v1beta1.RegisterKeyManagementServiceServer(s, &v1Service{keys: keys, mode: mode, version: version})
-	v2.RegisterKeyManagementServiceServer(s, &v2Service{keys: keys, mode: mode})
+// Register adds both KMS services to s, serving keys; version is reported
+// by v1beta1's Version.
+func Register(s *grpc.Server, keys *keysource.Source, version string) {
+	v1beta1.RegisterKeyManagementServiceServer(s, &v1Service{keys: keys, version: version})
+	v2.RegisterKeyManagementServiceServer(s, &v2Service{keys: keys})
 }
 
 const (
@@ -35,44 +31,35 @@ const (
 
 // Prebuilt so the common error paths cost no formatting.
 var (
-	errPurged = status.Error(codes.Unavailable,
-		"no KEK loaded: the KEK command has kept failing and the keys were purged; see the kms daemon's log")
+	errPurged       = status.Error(codes.Unavailable, keysource.ErrPurged.Error()+"; see the kms daemon's log")
 	errDecrypt      = status.Error(codes.InvalidArgument, codec.ErrDecrypt.Error())
 	errEmptyPlain   = status.Error(codes.InvalidArgument, "plaintext is empty")
 	errEmptyCipher  = status.Error(codes.InvalidArgument, "ciphertext is empty")
 	errMissingKeyID = status.Error(codes.InvalidArgument, "key_id is empty; pass the key_id that Encrypt returned")
 )
 
-// current returns the keys or the error requests get while purged.
-func current(keys Keys) (*codec.Set, error) {
-	if set := keys.Keys(); set != nil {
-		return set, nil
-	}
-	return nil, errPurged
-}
-
-func encrypt(keys Keys, mode codec.Mode, plaintext []byte) (*codec.Set, []byte, error) {
+func encrypt(keys *keysource.Source, plaintext []byte) (ciphertext []byte, keyID string, err error) {
 	if len(plaintext) == 0 {
-		return nil, nil, errEmptyPlain
+		return nil, "", errEmptyPlain
 	}
-	set, err := current(keys)
-	if err != nil {
-		return nil, nil, err
-	}
-	ct, err := set.Encrypt(mode, plaintext)
+	ciphertext, keyID, err = keys.Encrypt(plaintext)
 	switch {
+	case err == keysource.ErrPurged:
+		return nil, "", errPurged
 	case errors.Is(err, codec.ErrTooLarge):
-		return nil, nil, status.Error(codes.InvalidArgument, err.Error())
+		return nil, "", status.Error(codes.InvalidArgument, err.Error())
 	case err != nil:
-		return nil, nil, status.Errorf(codes.Internal, "encrypt: %v", err)
+		return nil, "", status.Errorf(codes.Internal, "encrypt: %v", err)
 	}
-	return set, ct, nil
+	return ciphertext, keyID, nil
 }
 
-// decryptError maps codec errors to gRPC codes: an unknown key is a state
-// the operator can fix (FailedPrecondition); anything else is bad input.
+// decryptError maps errors to gRPC codes: an unknown key is a state the
+// operator can fix (FailedPrecondition); anything else is bad input.
 func decryptError(err error) error {
 	switch {
+	case err == keysource.ErrPurged:
+		return errPurged
 	case err == codec.ErrDecrypt:
 		return errDecrypt
 	case errors.Is(err, codec.ErrUnknownKey):
@@ -83,8 +70,7 @@ func decryptError(err error) error {
 
 type v1Service struct {
 	v1beta1.UnimplementedKeyManagementServiceServer
-	keys    Keys
-	mode    codec.Mode
+	keys    *keysource.Source
 	version string
 }
 
@@ -107,7 +93,7 @@ func (s *v1Service) Encrypt(_ context.Context, req *v1beta1.EncryptRequest) (*v1
 	if err := checkVersion(req.Version); err != nil {
 		return nil, err
 	}
-	_, ct, err := encrypt(s.keys, s.mode, req.Plain)
+	ct, _, err := encrypt(s.keys, req.Plain)
 	if err != nil {
 		return nil, err
 	}
@@ -121,11 +107,7 @@ func (s *v1Service) Decrypt(_ context.Context, req *v1beta1.DecryptRequest) (*v1
 	if len(req.Cipher) == 0 {
 		return nil, errEmptyCipher
 	}
-	set, err := current(s.keys)
-	if err != nil {
-		return nil, err
-	}
-	p, _, err := set.Decrypt(req.Cipher)
+	p, _, err := s.keys.Decrypt(req.Cipher)
 	if err != nil {
 		return nil, decryptError(err)
 	}
@@ -134,28 +116,27 @@ func (s *v1Service) Decrypt(_ context.Context, req *v1beta1.DecryptRequest) (*v1
 
 type v2Service struct {
 	v2.UnimplementedKeyManagementServiceServer
-	keys Keys
-	mode codec.Mode
+	keys *keysource.Source
 }
 
 // Status fails while purged rather than answering healthz != "ok": with a
 // valid key_id kube-apiserver would keep writing under its cached DEK.
 func (s *v2Service) Status(context.Context, *v2.StatusRequest) (*v2.StatusResponse, error) {
-	set, err := current(s.keys)
+	id, err := s.keys.Primary()
 	if err != nil {
-		return nil, err
+		return nil, errPurged
 	}
-	return &v2.StatusResponse{Version: v2APIVersion, Healthz: "ok", KeyId: set.Primary().KeyID}, nil
+	return &v2.StatusResponse{Version: v2APIVersion, Healthz: "ok", KeyId: id}, nil
 }
 
 // Encrypt returns no annotations: the ciphertext header already names
 // codec and key.
 func (s *v2Service) Encrypt(_ context.Context, req *v2.EncryptRequest) (*v2.EncryptResponse, error) {
-	set, ct, err := encrypt(s.keys, s.mode, req.Plaintext)
+	ct, id, err := encrypt(s.keys, req.Plaintext)
 	if err != nil {
 		return nil, err
 	}
-	return &v2.EncryptResponse{Ciphertext: ct, KeyId: set.Primary().KeyID}, nil
+	return &v2.EncryptResponse{Ciphertext: ct, KeyId: id}, nil
 }
 
 func (s *v2Service) Decrypt(_ context.Context, req *v2.DecryptRequest) (*v2.DecryptResponse, error) {
@@ -165,31 +146,21 @@ func (s *v2Service) Decrypt(_ context.Context, req *v2.DecryptRequest) (*v2.Decr
 	if req.KeyId == "" {
 		return nil, errMissingKeyID
 	}
-	set, err := current(s.keys)
-	if err != nil {
-		return nil, err
-	}
-	if !holds(set, req.KeyId) {
+	switch held, err := s.keys.Holds(req.KeyId); {
+	case err != nil:
+		return nil, errPurged
+	case !held:
 		return nil, status.Errorf(codes.FailedPrecondition,
 			"key_id %.80q is not in the keyring; keys the command no longer lists are kept only until a restart or purge", req.KeyId)
 	}
-	p, k, err := set.Decrypt(req.Ciphertext)
+	p, id, err := s.keys.Decrypt(req.Ciphertext)
 	if err != nil {
 		return nil, decryptError(err)
 	}
-	if k.KeyID != req.KeyId {
+	if id != req.KeyId {
 		clear(p)
 		return nil, status.Error(codes.InvalidArgument, fmt.Sprintf(
-			"key_id %.80q does not match the ciphertext, which was made with %s", req.KeyId, k.KeyID))
+			"key_id %.80q does not match the ciphertext, which was made with %s", req.KeyId, id))
 	}
 	return &v2.DecryptResponse{Plaintext: p}, nil
-}
-
-func holds(set *codec.Set, keyID string) bool {
-	for _, k := range set.Keys() {
-		if k.KeyID == keyID {
-			return true
-		}
-	}
-	return false
 }
