@@ -13,9 +13,13 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -292,4 +296,60 @@ func TestLegacyVectorsWithRawKEK(t *testing.T) {
 	if got := v2Status(t, "unix://"+sock).KeyID; got != keyID(v.Key()) {
 		t.Fatalf("raw KEK key_id %s, want %s", got, keyID(v.Key()))
 	}
+}
+
+var (
+	healthAddrRE  = regexp.MustCompile(`serving /healthz, /readyz and /metrics" address=(\S+)`)
+	connectionsRE = regexp.MustCompile(`(?m)^kms_connections (\d+)$`)
+)
+
+// connections is the daemon's kms_connections gauge.
+func connections(t *testing.T, d *testbin.Proc) int {
+	t.Helper()
+	m := healthAddrRE.FindStringSubmatch(d.Stderr())
+	if m == nil {
+		t.Fatalf("no health address in the log:\n%s", d.Stderr())
+	}
+	resp, err := http.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	c := connectionsRE.FindSubmatch(body)
+	if c == nil {
+		t.Fatalf("no kms_connections in /metrics")
+	}
+	n, _ := strconv.Atoi(string(c[1]))
+	return n
+}
+
+// kube-apiserver keeps its connection to the plugin for as long as it
+// runs. When the daemon closes it for idleness (here after 1 s instead of
+// 5 min), kube-apiserver's clients dial again on their next call, and no
+// call fails.
+func TestIdleConnectionsAreRedialled(t *testing.T) {
+	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
+	dir := testbin.ShortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	endpoint := "unix://" + sock
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	d := testbin.StartKMS(t, sock, "--command", "cat "+ring, "--idle-timeout", "1s", "--health-address", "127.0.0.1:0")
+	api2 := load(t, encryptionConfig(t, dir, "v2.yaml", endpoint, false))
+	api1 := load(t, encryptionConfig(t, dir, "v1.yaml", endpoint, true))
+	var objs []object
+	for round := range 3 {
+		api2.healthy(t)
+		api1.healthy(t)
+		objs = append(objs, api2.write(t, fmt.Sprintf("v2-%d", round), 20)...)
+		objs = append(objs, api1.write(t, fmt.Sprintf("v1-%d", round), 20)...)
+		if n := connections(t, d); n == 0 {
+			t.Fatalf("round %d: no connection open right after calls", round)
+		}
+		testbin.WaitFor(t, "the idle connections to be closed", 15*time.Second, func() bool { return connections(t, d) == 0 })
+		// New API server processes (cold DEK caches) decrypt everything.
+		load(t, encryptionConfig(t, dir, "v2.yaml", endpoint, false)).readAll(t, "after an idle close", objs)
+	}
+	api1.readAll(t, "the first API server, after three idle closes", objs)
+	t.Logf("3 idle closes: %d objects written and read back, no call failed", len(objs))
 }

@@ -40,7 +40,7 @@ func TestRefreshDuringARunRunsAgain(t *testing.T) {
 	s, logs := start(t, Config{Command: fmt.Sprintf(`k=$(cat %s); if [ -e %s ]; then sleep 1; fi; printf '%%s\n' "$k"`, path, slow), Hooks: rec})
 	os.WriteFile(slow, nil, 0o600)
 	s.Refresh()
-	waitFor(t, "the slow run to begin", func() bool { return countProcs(t, "sleep 1") > 0 })
+	waitFor(t, "the slow run to begin", func() bool { return testbin.CountProcs("sleep 1") > 0 })
 	testbin.WriteKeyring(t, path, b, a)
 	for range 5 {
 		s.Refresh()
@@ -55,20 +55,6 @@ func TestRefreshDuringARunRunsAgain(t *testing.T) {
 	}
 }
 
-// countProcs counts the processes whose command line is exactly argv.
-func countProcs(t *testing.T, argv string) int {
-	t.Helper()
-	n := 0
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.TrimSuffix(strings.ReplaceAll(string(b), "\x00", " "), " ") == argv {
-			n++
-		}
-	}
-	return n
-}
-
 // Stopping the daemon while its first run is under way kills the
 // command's whole process group at once and Start returns.
 func TestStartStopsWhenCancelled(t *testing.T) {
@@ -81,7 +67,7 @@ func TestStartStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
-	waitFor(t, "the command to run", func() bool { return countProcs(t, marker) == 2 })
+	waitFor(t, "the command to run", func() bool { return testbin.CountProcs(marker) == 2 })
 	began := time.Now()
 	cancel()
 	select {
@@ -95,7 +81,7 @@ func TestStartStopsWhenCancelled(t *testing.T) {
 	if d := time.Since(began); d > 2*time.Second {
 		t.Errorf("Start returned %v after the cancel", d)
 	}
-	waitFor(t, "the command's processes to end", func() bool { return countProcs(t, marker) == 0 })
+	waitFor(t, "the command's processes to end", func() bool { return testbin.CountProcs(marker) == 0 })
 }
 
 // Every Timeout New accepts gives sane timers: the largest, a year, does

@@ -168,6 +168,15 @@ func (m *Metrics) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
+// Connections exports open, the number of client connections open on the
+// KMS socket, as kms_connections.
+func (m *Metrics) Connections(open func() int) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "kms_connections",
+		Help: "Client connections open on the KMS socket.",
+	}, func() float64 { return float64(open()) }))
+}
+
 // CommandRan records one run of the KEK command (keysource.Hooks).
 func (m *Metrics) CommandRan(o keysource.Outcome, took time.Duration, end time.Time) {
 	m.commandRuns[o].Inc()

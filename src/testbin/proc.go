@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,8 +22,8 @@ type Proc struct {
 	exited chan struct{}
 }
 
-// Start runs cmd and waits until its stderr contains ready. The process
-// is killed when the test ends, if it still runs.
+// Start runs cmd and, unless ready is empty, waits until its stderr
+// contains ready. The process is killed when the test ends, if it still runs.
 func Start(t testing.TB, cmd *exec.Cmd, ready string) *Proc {
 	t.Helper()
 	p := &Proc{Cmd: cmd, exited: make(chan struct{})}
@@ -35,7 +36,9 @@ func Start(t testing.TB, cmd *exec.Cmd, ready string) *Proc {
 		cmd.Process.Kill()
 		<-p.exited
 	})
-	p.WaitLog(t, ready, 60*time.Second) // a -race build on a busy machine starts slowly
+	if ready != "" {
+		p.WaitLog(t, ready, 60*time.Second) // a -race build on a busy machine starts slowly
+	}
 	return p
 }
 
@@ -121,4 +124,18 @@ func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// CountProcs counts the processes whose command line is exactly argv
+// (arguments joined by spaces), such as a KEK command's children.
+func CountProcs(argv string) int {
+	n := 0
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err == nil && strings.TrimSuffix(strings.ReplaceAll(string(b), "\x00", " "), " ") == argv {
+			n++
+		}
+	}
+	return n
 }

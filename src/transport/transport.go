@@ -7,9 +7,10 @@ package transport
 import (
 	"fmt"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
-	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/keepalive"
@@ -81,10 +82,56 @@ func NewServer(idle time.Duration, opts ...grpc.ServerOption) *grpc.Server {
 	}, opts...)...)
 }
 
-// Limit caps l at MaxConnections connections served at once. Further
-// clients wait in the kernel's listen queue until one closes.
-func Limit(l net.Listener) net.Listener {
-	return netutil.LimitListener(l, MaxConnections)
+// Listener serves at most MaxConnections connections at once. Further
+// clients wait, unanswered, in the kernel's listen queue until one closes.
+type Listener struct {
+	net.Listener
+	slots chan struct{} // one per connection open, and one for an Accept under way
+	open  atomic.Int64
+	done  chan struct{}
+	once  sync.Once
+}
+
+// Limit caps l at MaxConnections connections.
+func Limit(l net.Listener) *Listener {
+	return &Listener{Listener: l, slots: make(chan struct{}, MaxConnections), done: make(chan struct{})}
+}
+
+func (l *Listener) Accept() (net.Conn, error) {
+	select {
+	case l.slots <- struct{}{}:
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	l.open.Add(1)
+	return &conn{Conn: c, release: func() { l.open.Add(-1); <-l.slots }}, nil
+}
+
+func (l *Listener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() { close(l.done) })
+	return err
+}
+
+// Open says how many connections are open.
+func (l *Listener) Open() int { return int(l.open.Load()) }
+
+// conn gives its slot back when closed.
+type conn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // protoCodec is gRPC's proto codec without its default buffer pool (see

@@ -103,8 +103,8 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	if c.refreshInterval == 0 {
 		c.refreshInterval = c.timeout / keysource.RefreshDivisor
 	}
-	if c.refreshInterval < time.Second || c.refreshInterval >= c.timeout {
-		return nil, fmt.Errorf("--refresh-interval %v must be at least 1s and below --timeout %v", c.refreshInterval, c.timeout)
+	if least := *floor / 60; c.refreshInterval < least || c.refreshInterval >= c.timeout {
+		return nil, fmt.Errorf("--refresh-interval %v must be at least %v and below --timeout %v", c.refreshInterval, least, c.timeout)
 	}
 	if c.commandTimeout <= 0 || c.commandTimeout >= c.timeout {
 		return nil, fmt.Errorf("--command-timeout %v must be positive and below --timeout %v", c.commandTimeout, c.timeout)
@@ -116,7 +116,7 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 		return nil, fmt.Errorf("--shutdown-timeout %v must be positive", c.shutdownTimeout)
 	}
 	m, err := strconv.ParseUint(*socketMode, 8, 32)
-	if err != nil || m > 0o777 {
+	if err != nil {
 		return nil, fmt.Errorf("--socket-mode %q: want octal permissions such as 0600 or 0660", *socketMode)
 	}
 	c.socketMode = os.FileMode(m)

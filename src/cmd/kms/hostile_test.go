@@ -14,6 +14,7 @@ import (
 
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/testbin"
+	"github.com/cmdkms/kms/src/transport"
 )
 
 const maxRSS = 64 << 20
@@ -120,8 +121,9 @@ func TestIdleConnectionsAreBounded(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	testbin.WriteKeyring(t, ring, testbin.NewKey())
-	d := startDaemon(t, sock, "--command", "cat "+ring, "--idle-timeout", "1s")
+	d := startDaemon(t, sock, "--command", "cat "+ring, "--idle-timeout", "1s", "--health-address", "127.0.0.1:0")
 	pid := d.Cmd.Process.Pid
+	metrics := healthURL(t, d)
 
 	const n = 2000
 	idle := make([]*testbin.RawH2, 0, n)
@@ -139,20 +141,24 @@ func TestIdleConnectionsAreBounded(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	rss := testbin.ProcStatus(t, pid, "VmRSS")
-	t.Logf("%d idle connections: daemon RSS %.1f MiB", n, float64(rss)/(1<<20))
+	open := scrape(t, metrics).value(t, "kms_connections")
+	t.Logf("%d idle connections: the daemon has %v open, RSS %.1f MiB", n, open, float64(rss)/(1<<20))
+	if open != transport.MaxConnections {
+		t.Errorf("kms_connections %v, want the limit, %d", open, transport.MaxConnections)
+	}
 	if rss >= maxRSS && !testbin.RaceEnabled {
 		t.Errorf("daemon RSS %.1f MiB with %d idle connections, want < %d MiB", float64(rss)/(1<<20), n, maxRSS>>20)
 	}
 	// The first ones the daemon took are closed after the idle timeout.
 	closed := 0
 	deadline := time.Now().Add(10 * time.Second)
-	for _, c := range idle[:maxConnsForTest] {
+	for _, c := range idle[:transport.MaxConnections] {
 		if c.Closed(time.Until(deadline)) {
 			closed++
 		}
 	}
-	if closed < maxConnsForTest {
-		t.Errorf("%d of the first %d idle connections closed within 10s of a 1s idle timeout", closed, maxConnsForTest)
+	if closed < transport.MaxConnections {
+		t.Errorf("%d of the first %d idle connections closed within 10s of a 1s idle timeout", closed, transport.MaxConnections)
 	}
 	for _, c := range idle {
 		c.Close()
@@ -165,5 +171,3 @@ func TestIdleConnectionsAreBounded(t *testing.T) {
 		return err == nil
 	})
 }
-
-const maxConnsForTest = 32

@@ -142,8 +142,10 @@ func serve(cfg *config, log *slog.Logger) error {
 	}
 
 	service.Register(gs, keys, versionString())
+	conns := transport.Limit(l)
+	met.Connections(conns.Open)
 	served := make(chan error, 2)
-	go func() { served <- gs.Serve(transport.Limit(l)) }()
+	go func() { served <- gs.Serve(conns) }()
 	var hsrv *http.Server
 	if hl != nil {
 		hsrv = admin.NewServer(keys, promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}), log)

@@ -291,3 +291,71 @@ func TestSystemdActivation(t *testing.T) {
 		t.Fatal("kms removed systemd's socket")
 	}
 }
+
+// kms removes only the socket it made: not a file an operator put at its
+// path, nor the socket of a daemon that started there after it.
+func TestSocketOwnership(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	ring := filepath.Join(dir, "keyring")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	sock := filepath.Join(dir, "kms.sock")
+
+	d := startDaemon(t, sock, "--command", "cat "+ring)
+	keep := filepath.Join(dir, "precious")
+	os.WriteFile(keep, []byte("an operator's file"), 0o600)
+	if err := os.Rename(keep, sock); err != nil {
+		t.Fatal(err)
+	}
+	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if b, err := os.ReadFile(sock); err != nil || string(b) != "an operator's file" {
+		t.Fatalf("the file put at the socket's path is gone: %v", err)
+	}
+	if !strings.Contains(d.Stderr(), "holds another file now") {
+		t.Errorf("log:\n%s", d.Stderr())
+	}
+	os.Remove(sock)
+
+	first := startDaemon(t, sock, "--command", "cat "+ring)
+	os.Remove(sock) // e.g. a second daemon's start-up script cleared the path
+	second := startDaemon(t, sock, "--command", "cat "+ring)
+	if code := first.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if _, err := os.Stat(sock); err != nil {
+		t.Fatal("stopping the first daemon removed the second one's socket")
+	}
+	keyStatus(t, connect(t, second.Proc, sock))
+}
+
+func TestSocketPermissionsAndPlaces(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	ring := filepath.Join(dir, "keyring")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	for mode, want := range map[string]string{
+		"0666": "gives other users access", "0777": "gives other users access", "0602": "gives other users access",
+		"0400": "the owner needs read and write", "0700": "the owner needs read and write",
+		"0640": "a group needs read and write", "1600": "only permission bits",
+	} {
+		code, out := runToExit(t, "--command", "cat "+ring, "--socket-mode", mode, "--endpoint", "unix://"+dir+"/m.sock")
+		if code != 2 || !strings.Contains(out, want) {
+			t.Errorf("--socket-mode %s: exit %d, %q; want 2 and %q", mode, code, out, want)
+		}
+	}
+
+	// A directory anyone may write to, as /tmp: the path could be squatted.
+	shared := filepath.Join(dir, "shared")
+	os.Mkdir(shared, 0o777)
+	os.Chmod(shared, 0o1777)
+	d := startDaemon(t, filepath.Join(shared, "kms.sock"), "--command", "cat "+ring, "--health-address", "0.0.0.0:0")
+	for _, want := range []string{"the socket's directory can be written by other users", "--health-address is not a loopback address"} {
+		if !strings.Contains(d.Stderr(), want) {
+			t.Errorf("no warning %q:\n%s", want, d.Stderr())
+		}
+	}
+	private := startDaemon(t, filepath.Join(dir, "kms.sock"), "--command", "cat "+ring, "--health-address", "127.0.0.1:0")
+	if strings.Contains(private.Stderr(), "level=WARN") {
+		t.Errorf("warnings for a private directory and a loopback address:\n%s", private.Stderr())
+	}
+}

@@ -1,0 +1,129 @@
+package main
+
+// Signals and timers as an unlucky operator meets them.
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cmdkms/kms/src/testbin"
+)
+
+// runs counts the lines the counting command (see countingCommand) wrote.
+func runs(t *testing.T, counter string) int {
+	t.Helper()
+	b, err := os.ReadFile(counter)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return strings.Count(string(b), "\n")
+}
+
+// countingCommand prints the keyring and adds a line to counter per run.
+func countingCommand(ring, counter string) string {
+	return fmt.Sprintf("echo run >> %s; cat %s", counter, ring)
+}
+
+// --timeout 876000h (100 years, "never purge") overflowed the refresh
+// delay and ran the command hundreds of times a second. The longest
+// accepted timeout, a year, refreshes on schedule; longer is a usage error.
+func TestTimeoutLimits(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock, ring, counter := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring"), filepath.Join(dir, "runs")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	code, out := runToExit(t, "--command", "cat "+ring, "--endpoint", "unix://"+sock, "--timeout", "876000h")
+	if code != 2 || !strings.Contains(out, "above the maximum of 8760h0m0s") {
+		t.Fatalf("--timeout 876000h: exit %d, %q; want 2 naming the maximum", code, out)
+	}
+	for _, tc := range []struct{ args, want string }{
+		{"--refresh-interval 1h", "--refresh-interval 1h0m0s must be at least 1s and below --timeout 1h0m0s"},
+		{"--refresh-interval 500ms", "must be at least 1s"},
+		{"--refresh-interval -1s", "must be at least 1s"},
+	} {
+		code, out := runToExit(t, append([]string{"--command", "true"}, strings.Fields(tc.args)...)...)
+		if code != 2 || !strings.Contains(out, tc.want) {
+			t.Errorf("%s: exit %d, %q; want 2 and %q", tc.args, code, out, tc.want)
+		}
+	}
+
+	d := startDaemon(t, sock, "--command", countingCommand(ring, counter), "--timeout", "8760h")
+	time.Sleep(3 * time.Second)
+	if n := runs(t, counter); n != 1 {
+		t.Fatalf("--timeout 8760h: the command ran %d times in 3 s, want once", n)
+	}
+	keyStatus(t, d)
+	if !strings.Contains(d.Stderr(), "refresh_every=1752h0m0s") {
+		t.Errorf("the refresh interval (timeout/5) is not logged:\n%s", d.Stderr())
+	}
+}
+
+// A SIGHUP that arrives while a refresh runs is not lost: the run in flight
+// read the keyring before the operator changed it, so another run follows.
+func TestSIGHUPDuringARefresh(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock, ring, slow := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring"), filepath.Join(dir, "slow")
+	a, b := testbin.NewKey(), testbin.NewKey()
+	testbin.WriteKeyring(t, ring, a)
+	// The keyring is read at once; the run then takes its time.
+	cmd := fmt.Sprintf(`k=$(cat %s); if [ -e %s ]; then sleep 2; fi; printf '%%s\n' "$k"`, ring, slow)
+	d := startDaemon(t, sock, "--command", cmd)
+	before := keyStatus(t, d).KeyId
+	os.WriteFile(slow, nil, 0o600)
+	d.Signal(syscall.SIGHUP)
+	time.Sleep(500 * time.Millisecond) // the run has read the old keyring and sleeps
+	testbin.WriteKeyring(t, ring, b, a)
+	d.Signal(syscall.SIGHUP)
+	os.Remove(slow)
+	testbin.WaitFor(t, "the rotated keyring to be served", 15*time.Second, func() bool {
+		return keyStatus(t, d).KeyId != before
+	})
+	if !strings.Contains(d.Stderr(), "runs again when this run ends") {
+		t.Errorf("the second SIGHUP was not reported as queued:\n%s", d.Stderr())
+	}
+}
+
+// A SIGHUP before the first run has finished neither kills the daemon nor
+// is it lost.
+func TestSIGHUPBeforeTheFirstRun(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock, ring, counter := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring"), filepath.Join(dir, "runs")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	cmd := exec.Command(testbin.KMS(t), "--command", "sleep 1; "+countingCommand(ring, counter), "--endpoint", "unix://"+sock)
+	p := testbin.Start(t, cmd, "")
+	time.Sleep(300 * time.Millisecond)
+	p.Signal(syscall.SIGHUP)
+	p.WaitLog(t, testbin.Ready, 30*time.Second)
+	testbin.WaitFor(t, "the run the SIGHUP asked for", 15*time.Second, func() bool { return runs(t, counter) == 2 })
+	connect(t, p, sock)
+}
+
+// SIGTERM while the first run is under way kills the command's process
+// group and stops the daemon at once, leaving no socket behind.
+func TestSIGTERMDuringTheFirstRun(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock := filepath.Join(dir, "kms.sock")
+	marker := fmt.Sprintf("sleep 4%d", os.Getpid()%1000)
+	cmd := exec.Command(testbin.KMS(t), "--command", marker+" & "+marker, "--command-timeout", "50s", "--endpoint", "unix://"+sock)
+	p := testbin.Start(t, cmd, "")
+	testbin.WaitFor(t, "the command to run", 30*time.Second, func() bool { return testbin.CountProcs(marker) == 2 })
+	began := time.Now()
+	if code := p.Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, p.Stderr())
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("stopping took %v: it waited for the command", took)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Error("the socket was left behind")
+	}
+	testbin.WaitFor(t, "the command's processes to be killed", 10*time.Second, func() bool { return testbin.CountProcs(marker) == 0 })
+	if !strings.Contains(p.Stderr(), "stopped before the first KEK was loaded") {
+		t.Errorf("log:\n%s", p.Stderr())
+	}
+}
