@@ -65,7 +65,7 @@ cd "$repo_root"
 command -v jq >/dev/null || die "release/ci.sh reads the image's JSON with jq: apt-get install jq"
 ensure_cosign
 ensure_registry
-flags=(--stamp --workspace_status_command=release/workspace_status.sh)
+flags=(--stamp)
 
 # 1. Two clean builds of HEAD, in directories of different names and depths.
 repro_build() { # DIR OUTPUT_BASE: prints the manifest digest

@@ -13,8 +13,8 @@ public registries), so the steps are Go code (//release/cmd/imagebuilder, built 
                                               root filesystem (needs root: chroot)
 
 Every output is reproducible. Plain builds use version "dev" and time 0; --stamp builds
-with --workspace_status_command=release/workspace_status.sh take the version, commit and
-SOURCE_DATE_EPOCH (or last commit time) from git.
+take the version, commit and SOURCE_DATE_EPOCH (or last commit time) from
+tools/bazel.d/workspace_status.sh, which .bazelrc names.
 """
 
 load("@io_bazel_rules_go//go:def.bzl", "GoArchive")

@@ -34,7 +34,7 @@ out=$(realpath "$out")
 ensure_cosign
 cd "$repo_root"
 # The same flags for build and run, so `run` pushes exactly the image that was built.
-bazel_flags=(--stamp --workspace_status_command=release/workspace_status.sh)
+bazel_flags=(--stamp)
 say "building the image"
 tools/bazel build "${bazel_flags[@]}" //release:image //release:archive //release:sbom
 bin=$(tools/bazel info "${bazel_flags[@]}" bazel-bin 2>/dev/null)

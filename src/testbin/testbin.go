@@ -1,7 +1,8 @@
-// Package testbin runs the project's programs (the kms daemon, kek-gen,
-// kek-file) as separate processes in tests, under src/ and tools/ alike:
-// it finds or builds a binary, starts a process and waits for it to log
-// that it is ready, and makes short socket directories and keyring files.
+// Package testbin runs the project's programs (the kms daemon, and through
+// Binary any other) as separate processes in tests, under src/, tools/ and
+// release/ alike: it finds or builds a binary, starts a process and waits
+// for it to log that it is ready, and makes short socket directories and
+// keyring files.
 package testbin
 
 import (
@@ -13,16 +14,11 @@ import (
 	"testing"
 )
 
-// Import paths of the project's main packages, and the environment
-// variables in which Bazel tests name their binaries (see Binary).
+// The kms daemon's main package, and the environment variable in which
+// Bazel tests name its binary (see Binary).
 const (
-	KMSPackage     = "github.com/cmdkms/kms/src/cmd/kms"
-	KekGenPackage  = "github.com/cmdkms/kms/tools/kek-gen"
-	KekFilePackage = "github.com/cmdkms/kms/tools/kek-file"
-
+	KMSPackage = "github.com/cmdkms/kms/src/cmd/kms"
 	KMSEnv     = "KMS_BINARY"
-	KekGenEnv  = "KEK_GEN_BINARY"
-	KekFileEnv = "KEK_FILE_BINARY"
 )
 
 var (
@@ -82,18 +78,6 @@ func Binary(t testing.TB, env, pkg string) string {
 func KMS(t testing.TB) string {
 	t.Helper()
 	return Binary(t, KMSEnv, KMSPackage)
-}
-
-// KekGen returns kek-gen's binary ($KEK_GEN_BINARY under Bazel).
-func KekGen(t testing.TB) string {
-	t.Helper()
-	return Binary(t, KekGenEnv, KekGenPackage)
-}
-
-// KekFile returns kek-file's binary ($KEK_FILE_BINARY under Bazel).
-func KekFile(t testing.TB) string {
-	t.Helper()
-	return Binary(t, KekFileEnv, KekFilePackage)
 }
 
 func resolve(p string) (string, error) {

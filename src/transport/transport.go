@@ -1,6 +1,6 @@
 // Package transport builds the gRPC server of a KMS socket, with the
 // limits that bound what its clients can make the daemon hold (README
-// "Limits"). The daemon and tools/bench's do-nothing plugin both use it,
+// "Limits"). The daemon and tools/dev/bench's do-nothing plugin both use it,
 // so that the two differ only in the work they do per call.
 package transport
 

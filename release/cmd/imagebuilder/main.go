@@ -79,7 +79,7 @@ func (s *stamp) resolve() error {
 	}
 	v, ok := st[keyEpoch]
 	if !ok {
-		return fmt.Errorf("%s has no %s: stamp with --workspace_status_command=release/workspace_status.sh", s.statusFile, keyEpoch)
+		return fmt.Errorf("%s has no %s: is this a --stamp build with tools/bazel.d/workspace_status.sh?", s.statusFile, keyEpoch)
 	}
 	s.epoch, err = strconv.ParseInt(v, 10, 64)
 	return err

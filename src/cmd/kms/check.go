@@ -2,13 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/cmdkms/kms/src/cli"
 	"github.com/cmdkms/kms/src/keysource"
 )
 
@@ -22,36 +22,29 @@ Usage:
 Flags:
 `
 
-func check(args []string, stdout, stderr io.Writer) int {
-	fs := pflag.NewFlagSet("kms check", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.SortFlags = false
-	command := fs.String("command", "", "command that prints the KEK on stdout (required); run as the daemon runs it")
-	timeout := fs.Duration("command-timeout", keysource.DefaultCommandTimeout, "a run that takes longer is killed with its process group")
-	err := fs.Parse(args)
-	switch {
-	case errors.Is(err, pflag.ErrHelp):
-		fmt.Fprint(stdout, checkUsageHead+fs.FlagUsages())
-		return 0
-	case err == nil && fs.NArg() > 0:
-		err = fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	case err == nil && *command == "":
-		err = errors.New("--command is required")
-	case err == nil && *timeout <= 0:
-		err = fmt.Errorf("--command-timeout %v must be positive", *timeout)
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "kms check: %v\nRun 'kms check --help' for usage.\n", err)
-		return 2
-	}
-	if err := checkCommand(*command, *timeout, stdout, stderr); err != nil {
-		fmt.Fprintf(stderr, "kms check: FAILED: %v\n", err)
-		return 1
-	}
-	return 0
+// checkCommand is `kms check`, writing to stdout and stderr.
+func checkCommand(stdout, stderr io.Writer) cli.Command {
+	return cli.Command{Name: "kms check", Usage: checkUsageHead, Flags: func(fs *pflag.FlagSet) func([]string) error {
+		command := fs.String("command", "", "command that prints the KEK on stdout (required); run as the daemon runs it")
+		timeout := fs.Duration("command-timeout", keysource.DefaultCommandTimeout, "a run that takes longer is killed with its process group")
+		return func(args []string) error {
+			switch {
+			case len(args) > 0:
+				return cli.NoArgs(args)
+			case *command == "":
+				return cli.Usagef("--command is required")
+			case *timeout <= 0:
+				return cli.Usagef("--command-timeout %v must be positive", *timeout)
+			}
+			if err := check(*command, *timeout, stdout, stderr); err != nil {
+				return fmt.Errorf("FAILED: %w", err)
+			}
+			return nil
+		}
+	}}
 }
 
-func checkCommand(command string, timeout time.Duration, stdout, stderr io.Writer) error {
+func check(command string, timeout time.Duration, stdout, stderr io.Writer) error {
 	argv, err := keysource.Argv(keysource.DefaultShell, command)
 	if err != nil {
 		return err

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -11,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/cmdkms/kms/src/cli"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/process"
@@ -52,12 +51,10 @@ SIGHUP re-runs the command now; SIGTERM/SIGINT stop gracefully.
 Flags:
 `
 
-// parseFlags returns pflag.ErrHelp after printing help to stdout.
-func parseFlags(args []string, stdout io.Writer) (*config, error) {
-	c := &config{}
-	fs := pflag.NewFlagSet("kms", pflag.ContinueOnError)
-	fs.SetOutput(io.Discard) // errors are reported by the caller, once
-	fs.SortFlags = false
+// defineFlags defines the daemon's flags on fs. The config is complete
+// once check, which validates the flags and the arguments left, succeeds.
+func defineFlags(fs *pflag.FlagSet) (c *config, check func(args []string) error) {
+	c = &config{}
 	fs.StringVar(&c.command, "command", "", "command that prints the KEK on stdout (required); run with /bin/sh -c when /bin/sh exists, else split on spaces and run directly")
 	fs.DurationVar(&c.timeout, "timeout", time.Hour, "how long the KEK stays cached without a successful run of the command (1m to 8760h)")
 	fs.DurationVar(&c.refreshInterval, "refresh-interval", 0, "how often the command runs while it succeeds (default --timeout/5)")
@@ -79,63 +76,59 @@ func parseFlags(args []string, stdout io.Writer) (*config, error) {
 	fs.DurationVar(&c.idleTimeout, "idle-timeout", transport.IdleTimeout, "close a connection with no call in flight after this long (for tests only)")
 	fs.MarkHidden("idle-timeout")
 
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, pflag.ErrHelp) {
-			fmt.Fprint(stdout, usageHead+fs.FlagUsages())
+	return c, func(args []string) error {
+		if c.showVersion {
+			return nil
 		}
-		return nil, err
+		if err := cli.NoArgs(args); err != nil {
+			return err
+		}
+		if c.command == "" {
+			return cli.Usagef("--command is required")
+		}
+		if c.timeout < *floor {
+			return cli.Usagef("--timeout %v is below the minimum of %v", c.timeout, *floor)
+		}
+		if c.timeout > keysource.MaxTimeout {
+			return cli.Usagef("--timeout %v is above the maximum of %v (a year; to never purge, use that)", c.timeout, keysource.MaxTimeout)
+		}
+		if c.refreshInterval == 0 {
+			c.refreshInterval = c.timeout / keysource.RefreshDivisor
+		}
+		if least := *floor / 60; c.refreshInterval < least || c.refreshInterval >= c.timeout {
+			return cli.Usagef("--refresh-interval %v must be at least %v and below --timeout %v", c.refreshInterval, least, c.timeout)
+		}
+		if c.commandTimeout <= 0 || c.commandTimeout >= c.timeout {
+			return cli.Usagef("--command-timeout %v must be positive and below --timeout %v", c.commandTimeout, c.timeout)
+		}
+		if c.idleTimeout <= 0 {
+			return cli.Usagef("--idle-timeout %v must be positive", c.idleTimeout)
+		}
+		if c.shutdownTimeout <= 0 {
+			return cli.Usagef("--shutdown-timeout %v must be positive", c.shutdownTimeout)
+		}
+		m, err := strconv.ParseUint(*socketMode, 8, 32)
+		if err != nil {
+			return cli.Usagef("--socket-mode %q: want octal permissions such as 0600 or 0660", *socketMode)
+		}
+		c.socketMode = os.FileMode(m)
+		if err := socket.CheckMode(c.socketMode); err != nil {
+			return cli.Usagef("--socket-mode %s: %w", *socketMode, err)
+		}
+		if c.mlock, err = process.ParseMlock(*mlock); err != nil {
+			return cli.Usagef("--mlock %w", err)
+		}
+		if c.mode, err = codec.ParseMode(*mode); err != nil {
+			return cli.Usagef("--mode: %w", err)
+		}
+		if c.logFormat != "text" && c.logFormat != "json" {
+			return cli.Usagef("--log-format %q: want text or json", c.logFormat)
+		}
+		if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
+			return cli.Usagef("--log-level %q: want debug, info, warn or error", *logLevel)
+		}
+		return nil
 	}
-	if c.showVersion {
-		return c, nil
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-	}
-	if c.command == "" {
-		return nil, errors.New("--command is required")
-	}
-	if c.timeout < *floor {
-		return nil, fmt.Errorf("--timeout %v is below the minimum of %v", c.timeout, *floor)
-	}
-	if c.timeout > keysource.MaxTimeout {
-		return nil, fmt.Errorf("--timeout %v is above the maximum of %v (a year; to never purge, use that)", c.timeout, keysource.MaxTimeout)
-	}
-	if c.refreshInterval == 0 {
-		c.refreshInterval = c.timeout / keysource.RefreshDivisor
-	}
-	if least := *floor / 60; c.refreshInterval < least || c.refreshInterval >= c.timeout {
-		return nil, fmt.Errorf("--refresh-interval %v must be at least %v and below --timeout %v", c.refreshInterval, least, c.timeout)
-	}
-	if c.commandTimeout <= 0 || c.commandTimeout >= c.timeout {
-		return nil, fmt.Errorf("--command-timeout %v must be positive and below --timeout %v", c.commandTimeout, c.timeout)
-	}
-	if c.idleTimeout <= 0 {
-		return nil, fmt.Errorf("--idle-timeout %v must be positive", c.idleTimeout)
-	}
-	if c.shutdownTimeout <= 0 {
-		return nil, fmt.Errorf("--shutdown-timeout %v must be positive", c.shutdownTimeout)
-	}
-	m, err := strconv.ParseUint(*socketMode, 8, 32)
-	if err != nil {
-		return nil, fmt.Errorf("--socket-mode %q: want octal permissions such as 0600 or 0660", *socketMode)
-	}
-	c.socketMode = os.FileMode(m)
-	if err := socket.CheckMode(c.socketMode); err != nil {
-		return nil, fmt.Errorf("--socket-mode %s: %w", *socketMode, err)
-	}
-	if c.mlock, err = process.ParseMlock(*mlock); err != nil {
-		return nil, fmt.Errorf("--mlock %w", err)
-	}
-	if c.mode, err = codec.ParseMode(*mode); err != nil {
-		return nil, fmt.Errorf("--mode: %w", err)
-	}
-	if c.logFormat != "text" && c.logFormat != "json" {
-		return nil, fmt.Errorf("--log-format %q: want text or json", c.logFormat)
-	}
-	if err := c.logLevel.UnmarshalText([]byte(*logLevel)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", *logLevel)
-	}
-	return c, nil
 }
 
 func (c *config) logger(w io.Writer) *slog.Logger {

@@ -4,7 +4,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -24,6 +23,7 @@ import (
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/admin"
+	"github.com/cmdkms/kms/src/cli"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/health"
 	"github.com/cmdkms/kms/src/keysource"
@@ -44,25 +44,26 @@ func main() {
 // run returns the exit code: 0 ok, 1 failure, 2 usage error.
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "check" {
-		return check(args[1:], stdout, stderr)
+		return checkCommand(stdout, stderr).Run(args[1:], stdout, stderr)
 	}
-	cfg, err := parseFlags(args, stdout)
-	switch {
-	case errors.Is(err, pflag.ErrHelp):
-		return 0
-	case err != nil:
-		fmt.Fprintf(stderr, "kms: %v\nRun 'kms --help' for usage.\n", err)
-		return 2
-	case cfg.showVersion:
-		fmt.Fprintf(stdout, "kms %s %s\n", versionString(), runtime.Version())
-		return 0
-	}
-	log := cfg.logger(stderr)
-	if err := serve(cfg, log); err != nil {
-		log.Error("kms stopped", "err", err)
-		return 1
-	}
-	return 0
+	return cli.Command{Name: "kms", Usage: usageHead, Flags: func(fs *pflag.FlagSet) func([]string) error {
+		cfg, check := defineFlags(fs)
+		return func(args []string) error {
+			if err := check(args); err != nil {
+				return err
+			}
+			if cfg.showVersion {
+				fmt.Fprintf(stdout, "kms %s %s\n", versionString(), runtime.Version())
+				return nil
+			}
+			log := cfg.logger(stderr)
+			if err := serve(cfg, log); err != nil {
+				log.Error("kms stopped", "err", err)
+				return cli.ErrReported
+			}
+			return nil
+		}
+	}}.Run(args, stdout, stderr)
 }
 
 func versionString() string {
