@@ -1,0 +1,333 @@
+package cluster
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+// Provider is one KMS provider of the EncryptionConfiguration.
+type Provider struct {
+	API  string // "v1" or "v2"
+	Name string
+}
+
+// prefix is how values it wrote start in etcd.
+func (p Provider) prefix() string { return "k8s:enc:kms:" + p.API + ":" + p.Name + ":" }
+
+// Cluster is three nodes, each an etcd member, a kms daemon and a
+// kube-apiserver; every API server talks to its own node's etcd member and
+// kms socket, as in kubeadm's stacked topology.
+type Cluster struct {
+	Dir       string // short, for unix sockets; its nN/ are the nodes
+	Nodes     []*node
+	bin       string
+	pki       *pki
+	env       []string
+	providers []Provider // first writes
+	http      *http.Client
+	keyTools  *bool // see haveKeyTools
+}
+
+type node struct {
+	name, ip, dir                string
+	etcdPort, peerPort, apiPort  int
+	healthPort                   int // kms --health-address
+	etcd, kms, api               *proc
+	keyring, socket, encryptConf string
+}
+
+func (n *node) apiURL() string     { return fmt.Sprintf("https://%s:%d", n.ip, n.apiPort) }
+func (n *node) etcdURL() string    { return fmt.Sprintf("http://%s:%d", n.ip, n.etcdPort) }
+func (n *node) peerURL() string    { return fmt.Sprintf("http://%s:%d", n.ip, n.peerPort) }
+func (n *node) healthAddr() string { return fmt.Sprintf("%s:%d", n.ip, n.healthPort) }
+func (n *node) log(what string) string {
+	return filepath.Join(n.dir, what+".log")
+}
+
+// New lays out a cluster of three nodes whose secrets go to providers
+// (all served by each node's kms), and the first node's keyring holding
+// one new key, copied to the others. Start starts it.
+func New(t testing.TB, providers ...Provider) *Cluster {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "cl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpLogs(t, dir)
+			t.Logf("cluster files kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	bin := BinDir(t)
+	c := &Cluster{Dir: dir, bin: bin, pki: newPKI(t, dir), providers: providers}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.pki.caPEM)
+	c.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	var etcds []string
+	for i := 1; i <= 3; i++ {
+		n := &node{name: fmt.Sprintf("n%d", i), ip: fmt.Sprintf("127.0.0.%d", 10+i)}
+		n.dir = filepath.Join(dir, n.name)
+		if err := os.Mkdir(n.dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		n.etcdPort, n.peerPort, n.apiPort, n.healthPort = freePort(t, n.ip), freePort(t, n.ip), freePort(t, n.ip), freePort(t, n.ip)
+		n.keyring = filepath.Join(n.dir, "keyring")
+		n.socket = filepath.Join(n.dir, "kms.sock")
+		n.encryptConf = filepath.Join(n.dir, "encryption.yaml")
+		c.pki.serving(t, n.ip, filepath.Join(n.dir, "apiserver.crt"), filepath.Join(n.dir, "apiserver.key"))
+		c.Nodes = append(c.Nodes, n)
+		etcds = append(etcds, n.etcdURL())
+	}
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	c.pki.kubeconfig(t, kubeconfig, c.Nodes)
+	c.env = append(os.Environ(),
+		"PATH="+bin+":"+os.Getenv("PATH"),
+		"KUBECONFIG="+kubeconfig,
+		"ETCDCTL_ENDPOINTS="+strings.Join(etcds, ","),
+	)
+	c.Sh(t, "kek-gen "+c.Nodes[0].keyring)
+	for _, n := range c.Nodes[1:] {
+		c.copyKeyring(t, n)
+	}
+	for _, n := range c.Nodes {
+		c.writeEncryptionConfig(t, n)
+	}
+	return c
+}
+
+// copyKeyring copies the first node's keyring to n, atomically, as a
+// configuration management tool would distribute it.
+func (c *Cluster) copyKeyring(t testing.TB, n *node) {
+	t.Helper()
+	c.Sh(t, fmt.Sprintf("install -m 600 %s %s.new && mv %s.new %s", c.Nodes[0].keyring, n.keyring, n.keyring, n.keyring))
+}
+
+// freePort finds a port free on ip. Another process could take it before
+// it is used; on a test machine's loopback addresses that does not happen.
+func freePort(t testing.TB, ip string) int {
+	t.Helper()
+	l, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// SetProviders rewrites every node's EncryptionConfiguration; API servers
+// read it when they (re)start.
+func (c *Cluster) SetProviders(t testing.TB, providers ...Provider) {
+	t.Helper()
+	c.providers = providers
+	for _, n := range c.Nodes {
+		c.writeEncryptionConfig(t, n)
+	}
+}
+
+// writeEncryptionConfig is release/deploy/encryption-config-v{1,2}.yaml
+// with the node's socket and the cluster's providers, identity last.
+func (c *Cluster) writeEncryptionConfig(t testing.TB, n *node) {
+	t.Helper()
+	var b strings.Builder
+	b.WriteString("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n      - secrets\n    providers:\n")
+	for _, p := range c.providers {
+		fmt.Fprintf(&b, "      - kms:\n          apiVersion: %s\n          name: %s\n          endpoint: unix://%s\n          timeout: 3s\n", p.API, p.Name, n.socket)
+		if p.API == "v1" {
+			b.WriteString("          cachesize: 1000\n")
+		}
+	}
+	b.WriteString("      - identity: {}\n")
+	writeFile(t, n.encryptConf, []byte(b.String()))
+}
+
+// Start starts the etcd members, then the kms daemons, then the API
+// servers, and waits until all are ready.
+func (c *Cluster) Start(t testing.TB) {
+	t.Helper()
+	c.StartEtcd(t, c.Nodes...)
+	c.StartKMS(t, c.Nodes...)
+	c.StartAPIServer(t, c.Nodes...)
+}
+
+// StartEtcd starts the etcd members of nodes, all before waiting for any:
+// a new cluster becomes ready only once a quorum of it runs.
+func (c *Cluster) StartEtcd(t testing.TB, nodes ...*node) {
+	t.Helper()
+	var peers []string
+	for _, m := range c.Nodes {
+		peers = append(peers, m.name+"="+m.peerURL())
+	}
+	for _, n := range nodes {
+		n.etcd = start(t, "etcd "+n.name, n.log("etcd"), []string{
+			filepath.Join(c.bin, "etcd"),
+			"--name", n.name,
+			"--data-dir", filepath.Join(n.dir, "etcd"),
+			"--listen-client-urls", n.etcdURL(), "--advertise-client-urls", n.etcdURL(),
+			"--listen-peer-urls", n.peerURL(), "--initial-advertise-peer-urls", n.peerURL(),
+			"--initial-cluster", strings.Join(peers, ","),
+			"--initial-cluster-state", "new", "--initial-cluster-token", "kms-drill",
+		})
+	}
+	for _, n := range nodes {
+		c.waitHTTP(t, n.etcd, n.etcdURL()+"/health", 2*time.Minute)
+	}
+}
+
+// StartKMS starts the kms daemons of nodes and waits until they are ready.
+func (c *Cluster) StartKMS(t testing.TB, nodes ...*node) {
+	t.Helper()
+	for _, n := range nodes {
+		n.kms = start(t, "kms "+n.name, n.log("kms"), []string{
+			filepath.Join(c.bin, "kms"),
+			"--command", "cat " + n.keyring,
+			"--endpoint", "unix://" + n.socket,
+			"--health-address", n.healthAddr(),
+			"--log-level", "debug",
+		})
+	}
+	for _, n := range nodes {
+		c.waitHTTP(t, n.kms, "http://"+n.healthAddr()+"/readyz", time.Minute)
+	}
+}
+
+// StartAPIServer starts the API servers of nodes and waits until their
+// /readyz answers 200.
+func (c *Cluster) StartAPIServer(t testing.TB, nodes ...*node) {
+	t.Helper()
+	for _, n := range nodes {
+		args := []string{
+			filepath.Join(c.bin, "kube-apiserver"),
+			"--etcd-servers", n.etcdURL(),
+			"--encryption-provider-config", n.encryptConf,
+			"--bind-address", n.ip, "--advertise-address", n.ip,
+			"--secure-port", fmt.Sprint(n.apiPort),
+			"--tls-cert-file", filepath.Join(n.dir, "apiserver.crt"),
+			"--tls-private-key-file", filepath.Join(n.dir, "apiserver.key"),
+			"--token-auth-file", c.pki.tokens,
+			"--authorization-mode", "RBAC",
+			"--service-account-issuer", "https://kubernetes.default.svc",
+			"--service-account-key-file", c.pki.saKey,
+			"--service-account-signing-key-file", c.pki.saKey,
+			"--api-audiences", "https://kubernetes.default.svc",
+			// Configuration only: nothing is sent to this range.
+			"--service-cluster-ip-range", "10.96.0.0/16",
+			"--endpoint-reconciler-type", "none",
+		}
+		for _, p := range c.providers {
+			if p.API == "v1" {
+				args = append(args, "--feature-gates", "KMSv1=true")
+				break
+			}
+		}
+		n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), args)
+	}
+	for _, n := range nodes {
+		c.waitHTTP(t, n.api, n.apiURL()+"/readyz", 2*time.Minute)
+	}
+}
+
+// StopAPIServer stops n's API server gracefully.
+func (c *Cluster) StopAPIServer(t testing.TB, n *node) { t.Helper(); n.api.stop(t, syscall.SIGTERM) }
+
+// StopKMS stops n's kms daemon gracefully.
+func (c *Cluster) StopKMS(t testing.TB, n *node) { t.Helper(); n.kms.stop(t, syscall.SIGTERM) }
+
+// StopEtcd stops n's etcd member gracefully.
+func (c *Cluster) StopEtcd(t testing.TB, n *node) { t.Helper(); n.etcd.stop(t, syscall.SIGTERM) }
+
+// waitHTTP waits until url answers 200 (API servers with the admin token),
+// failing early if p exits.
+func (c *Cluster) waitHTTP(t testing.TB, p *proc, url string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		code, body := c.Get(url)
+		if code == http.StatusOK {
+			return
+		}
+		if !p.running() {
+			t.Fatalf("%s exited (%v) before %s answered 200:\n%s", p.name, p.cmd.ProcessState, url, tail(p.log, 30))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer 200 within %v: %d %s", url, limit, code, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// Get fetches url (with the admin token for the API servers) and returns
+// the status code (0 when there was no answer) and the body.
+func (c *Cluster) Get(url string) (int, string) {
+	req, _ := http.NewRequestWithContext(context.Background(), "GET", url, nil)
+	if strings.HasPrefix(url, "https:") {
+		req.Header.Set("Authorization", "Bearer "+c.pki.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// Sh runs cmdline with /bin/sh, with the binaries first on PATH, KUBECONFIG
+// and ETCDCTL_ENDPOINTS set, as an operator would type it; it fails the
+// test unless the command exits 0, and returns its stdout.
+func (c *Cluster) Sh(t testing.TB, cmdline string) string {
+	t.Helper()
+	out, errOut, code := c.ShCode(t, cmdline)
+	if code != 0 {
+		t.Fatalf("$ %s\nexit %d\n%s%s", cmdline, code, out, errOut)
+	}
+	return out
+}
+
+// ShCode is Sh that returns the exit code and stderr instead of failing.
+func (c *Cluster) ShCode(t testing.TB, cmdline string) (stdout, stderr string, code int) {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", cmdline)
+	cmd.Env = c.env
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if _, ok := err.(*exec.ExitError); err != nil && !ok {
+		t.Fatal(err)
+	}
+	t.Logf("$ %s  # exit %d%s", cmdline, cmd.ProcessState.ExitCode(), indent(out.String(), 6))
+	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+}
+
+// indent shows the first lines of a command's output under it.
+func indent(s string, maxLines int) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return ""
+	}
+	if strings.ContainsFunc(s, func(r rune) bool { return r == utf8.RuneError || r < ' ' && r != '\n' && r != '\t' }) {
+		return fmt.Sprintf("\n    (%d bytes, binary)", len(s))
+	}
+	lines := strings.Split(s, "\n")
+	more := ""
+	if len(lines) > maxLines {
+		more = fmt.Sprintf("\n    … %d more lines", len(lines)-maxLines)
+		lines = lines[:maxLines]
+	}
+	return "\n    " + strings.Join(lines, "\n    ") + more
+}

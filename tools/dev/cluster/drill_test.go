@@ -1,0 +1,328 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	RemoveBinDir()
+	os.Exit(code)
+}
+
+const secrets = 1000
+
+// The HA drill of issue 12, KMS v2: three API servers on one etcd cluster,
+// each with its own kms; rotation with the two-phase procedure, then
+// faults, all under load through every API server.
+func TestHADrill(t *testing.T) { drill(t, "v2") }
+
+// The same with KMS v1 providers (--feature-gates=KMSv1=true). A v1
+// envelope names no key, so a new primary alone makes nothing stale: the
+// rewrite needs a provider of a new name, introduced second on every API
+// server before it goes first anywhere.
+func TestHADrillV1(t *testing.T) { drill(t, "v1") }
+
+// drill is the whole procedure for KMS API api.
+func drill(t *testing.T, api string) {
+	if testing.Short() {
+		t.Skip("the HA drill runs three etcd members and three kube-apiservers")
+	}
+	BinDir(t) // before the clock starts: the build is not the drill
+	began := time.Now()
+	old, neu := Provider{"v2", "kms"}, Provider{"v2", "kms"}
+	health := "/readyz/kms-providers"
+	if api == "v1" {
+		old, neu = Provider{"v1", "kms-v1"}, Provider{"v1", "kms-v1-2"}
+		health = "/readyz/kms-provider-0"
+	}
+	c := New(t, old)
+	c.Start(t)
+	clients := c.Clients(t)
+	for _, ns := range []string{"drill", "load"} {
+		if _, err := clients[0].CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("cluster up in %v: %s", time.Since(began).Round(time.Second), c.Dir)
+	l := StartLoad(clients, "load", "create")
+	defer l.Stop()
+	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+
+	// Secrets under the first key, through all three API servers.
+	k1 := c.Status(t, n1).Primary
+	c.WantKeys(t, k1, true, k1)
+	createSecrets(t, l, secrets)
+	c.WantStored(t, old, k1, secrets)
+
+	// Rotation, phase 1: the new key on every node, decrypt-only, so that
+	// whichever API server writes with it next, all can read it.
+	l.Phase("rotate")
+	k2 := c.AddSecondary(t, n1)
+	for _, n := range c.Nodes[1:] {
+		c.copyKeyring(t, n)
+	}
+	for _, n := range c.Nodes {
+		c.Reload(t, n)
+	}
+	c.WantKeys(t, k1, true, k1, k2)
+	// Phase 2: the new key primary everywhere.
+	for _, n := range c.Nodes {
+		c.Promote(t, n, k2)
+		c.Reload(t, n)
+	}
+	c.WantKeys(t, k2, true, k1, k2)
+	if api == "v1" {
+		// The new provider second everywhere, then first everywhere: a
+		// node never writes what another cannot read.
+		l.Phase("v1: provider " + neu.Name + " second")
+		c.SetProviders(t, old, neu)
+		rollingRestart(t, c, l, false)
+		l.Phase("v1: provider " + neu.Name + " first")
+		c.SetProviders(t, neu, old)
+		rollingRestart(t, c, l, false)
+	}
+	waitWrites(t, c, neu, k2, health)
+
+	// Rewrite every Secret; etcd then holds nothing under the old key.
+	l.Phase("rewrite")
+	out := c.Sh(t, "kubectl get secrets -A -o json | kubectl replace -f -")
+	if n := strings.Count(out, " replaced\n"); n < secrets {
+		t.Fatalf("kubectl replace replaced %d objects, want at least %d", n, secrets)
+	}
+	c.WantStored(t, neu, k2, secrets)
+
+	// Retire the old key; restart everything, node by node; all reads back.
+	l.Phase("retire, restart all")
+	for _, n := range c.Nodes {
+		c.Retire(t, n, k1)
+		c.Reload(t, n)
+	}
+	if api == "v1" {
+		c.SetProviders(t, neu)
+	}
+	rollingRestart(t, c, l, true)
+	c.WantKeys(t, k2, true, k2)
+	readBack(t, clients, l.Want())
+
+	// Faults, none announced to the load.
+	l.Phase("fault: kill -9 kms n2")
+	c.Sh(t, fmt.Sprintf("kill -9 %d", n2.kms.pid()))
+	waitHealth(t, c, n2, health, false)
+	time.Sleep(5 * time.Second) // calls through n2 meanwhile
+	c.StartKMS(t, n2)
+	waitHealth(t, c, n2, health, true)
+
+	l.Phase("fault: stop etcd n3")
+	c.StopEtcd(t, n3)
+	waitHealth(t, c, n3, "/readyz/etcd", false)
+	time.Sleep(5 * time.Second)
+	c.StartEtcd(t, n3)
+	waitHealth(t, c, n3, "/readyz", true)
+
+	l.Phase("fault: restart kube-apiserver n1")
+	c.StopAPIServer(t, n1)
+	c.StartAPIServer(t, n1)
+
+	l.Phase("after the faults")
+	time.Sleep(5 * time.Second)
+	readBack(t, clients, l.Want())
+	c.WantStored(t, neu, k2, secrets)
+	c.WantKeys(t, k2, true, k2)
+	phases := l.Stop()
+	total := time.Since(began)
+
+	report(t, api, phases, len(l.Want()), total)
+	checkFailures(t, phases)
+	if total > 10*time.Minute {
+		t.Errorf("the drill took %v, more than 10 minutes", total.Round(time.Second))
+	}
+}
+
+// createSecrets creates n Secrets in namespace drill, a third through each
+// API server.
+func createSecrets(t *testing.T, l *Load, n int) {
+	var wg sync.WaitGroup
+	for w := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 6 {
+				l.Create(i%3, "drill", fmt.Sprintf("drill-%04d", i))
+			}
+		}()
+	}
+	wg.Wait()
+	if got := len(l.Want()); got < n {
+		t.Fatalf("created %d of %d secrets", got, n)
+	}
+}
+
+// rollingRestart restarts each node's API server (and kms, when kms), one
+// node at a time, drained from the load meanwhile as a load balancer does.
+func rollingRestart(t *testing.T, c *Cluster, l *Load, kms bool) {
+	t.Helper()
+	for i, n := range c.Nodes {
+		l.Drain(i)
+		c.StopAPIServer(t, n)
+		if kms {
+			c.StopKMS(t, n)
+			c.StartKMS(t, n)
+		}
+		c.StartAPIServer(t, n)
+		l.Undrain(i)
+	}
+}
+
+// waitWrites waits until each API server writes Secrets under provider p
+// and key id: it writes a probe Secret through each with kubectl and reads
+// it back from etcd with etcdctl. KMS v2 API servers take up a new key_id
+// at their next Status call, which a /readyz probe more than 20 s after
+// the last one makes.
+func waitWrites(t *testing.T, c *Cluster, p Provider, id, health string) {
+	t.Helper()
+	want := p.API + ":" + p.Name + ":" + id
+	deadline := time.Now().Add(2 * time.Minute)
+	pending := map[*node]bool{}
+	for _, n := range c.Nodes {
+		pending[n] = true
+	}
+	for len(pending) > 0 {
+		for _, n := range c.Nodes {
+			if !pending[n] {
+				continue
+			}
+			c.Get(n.apiURL() + health)
+			probe := "kms-probe-" + n.name
+			c.Sh(t, fmt.Sprintf("kubectl --context %s -n drill delete secret %s --ignore-not-found && kubectl --context %s -n drill create secret generic %s --from-literal=at=%d",
+				n.name, probe, n.name, probe, time.Now().UnixNano()))
+			raw := c.Sh(t, "etcdctl get /registry/secrets/drill/"+probe+" --print-value-only")
+			w, err := whereStored([]byte(strings.TrimSuffix(raw, "\n")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w == want {
+				delete(pending, n)
+			}
+		}
+		if len(pending) > 0 && time.Now().After(deadline) {
+			t.Fatalf("API servers still not writing under %s after 2 minutes: %v", want, pending)
+		}
+		if len(pending) > 0 {
+			time.Sleep(2 * time.Second)
+		}
+	}
+}
+
+// waitHealth waits until n's API server check path answers 200 (ok) or
+// not, and checks that the other API servers answer 200 meanwhile.
+func waitHealth(t *testing.T, c *Cluster, n *node, path string, ok bool) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		code, body := c.Get(n.apiURL() + path)
+		if (code == 200) == ok {
+			t.Logf("%s %s: %d %s", n.name, path, code, strings.TrimSpace(body))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %s still %d after 90 s: %s", n.name, path, code, body)
+		}
+		time.Sleep(time.Second)
+	}
+	for _, m := range c.Nodes {
+		if m == n {
+			continue
+		}
+		if code, body := c.Get(m.apiURL() + path); code != 200 {
+			t.Fatalf("%s %s: %d while only %s was hit: %s", m.name, path, code, n.name, body)
+		}
+	}
+}
+
+// readBack lists the Secrets through every API server and compares them
+// with what was written.
+func readBack(t *testing.T, clients []kubernetes.Interface, want map[string]string) {
+	t.Helper()
+	for i, k := range clients {
+		got := map[string]string{}
+		for _, ns := range []string{"drill", "load"} {
+			list, err := k.CoreV1().Secrets(ns).List(context.Background(), metav1.ListOptions{})
+			if err != nil {
+				t.Fatalf("n%d: list %s: %v", i+1, ns, err)
+			}
+			for _, s := range list.Items {
+				got[ns+"/"+s.Name] = string(s.Data["v"])
+			}
+		}
+		for name, v := range want {
+			if got[name] != v {
+				t.Fatalf("n%d: secret %s reads %q, want %q", i+1, name, got[name], v)
+			}
+		}
+	}
+}
+
+// faults says which node each fault phase hits and which failures the
+// calls through that node may see; every other call must succeed.
+var faults = map[string]struct {
+	node    int
+	allowed []*regexp.Regexp
+}{}
+
+func checkFailures(t *testing.T, phases []*Phase) {
+	t.Helper()
+	for _, p := range phases {
+		f, isFault := faults[p.Name]
+		for node, errs := range p.Errors {
+			for msg, n := range errs {
+				ok := isFault && node == f.node
+				if ok {
+					ok = false
+					for _, re := range f.allowed {
+						ok = ok || re.MatchString(msg)
+					}
+				}
+				if !ok {
+					t.Errorf("%s: %d calls through n%d failed: %s", p.Name, n, node+1, msg)
+				}
+			}
+		}
+	}
+}
+
+// report prints the summary line and, phase by phase, the failures seen.
+func report(t *testing.T, api string, phases []*Phase, written int, total time.Duration) {
+	var ops, fails int
+	var parts []string
+	for _, p := range phases {
+		po, pf := 0, 0
+		for i := range p.Ops {
+			po += p.Ops[i]
+			pf += p.Fails[i]
+		}
+		ops, fails = ops+po, fails+pf
+		parts = append(parts, fmt.Sprintf("%s: %d ops %d failed %v", p.Name, po, pf, p.End.Sub(p.Start).Round(100*time.Millisecond)))
+		for _, e := range p.ErrorList() {
+			t.Logf("%s: %s", p.Name, e)
+		}
+		for i, s := range p.Samples {
+			for _, m := range s {
+				t.Logf("%s: n%d sample: %s", p.Name, i+1, m)
+			}
+		}
+	}
+	t.Logf("SUMMARY HA drill KMS %s: %d secrets (%d drill, %d load); %d ops, %d failed; %s; total %v",
+		api, written, secrets, written-secrets, ops, fails, strings.Join(parts, "; "), total.Round(time.Second))
+}
