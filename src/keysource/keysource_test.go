@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -346,9 +347,9 @@ func TestRotation(t *testing.T) {
 	if p, _, err := s.Decrypt(oldCT); err != nil || string(p) != "dek under a" {
 		t.Fatalf("retired key: %v", err)
 	}
-	ids := s.KeyIDs()
-	if want := []string{idOf(t, c), idOf(t, b), idOf(t, a)}; strings.Join(ids, ",") != strings.Join(want, ",") {
-		t.Fatalf("key order %v, want %v", ids, want)
+	want := []KeyInfo{{idOf(t, c), RolePrimary}, {idOf(t, b), RoleListed}, {idOf(t, a), RoleUnlisted}}
+	if got := s.Status().Keys; !slices.Equal(got, want) {
+		t.Fatalf("keys %v, want %v", got, want)
 	}
 	if n := logs.count("primary KEK changed"); n != 2 {
 		t.Fatalf("%d rotations logged:\n%s", n, logs)
@@ -365,7 +366,7 @@ func TestRetiredKeysAreBounded(t *testing.T) {
 		s.Refresh()
 		waitFor(t, "the new key", func() bool { return primary(s) == idOf(t, k) })
 	}
-	if n := len(s.KeyIDs()); n != 1+maxRetired {
+	if n := len(s.Status().Keys); n != 1+maxRetired {
 		t.Fatalf("%d keys in memory", n)
 	}
 }

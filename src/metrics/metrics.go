@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/keysource"
 )
 
@@ -44,6 +43,7 @@ type Metrics struct {
 	lastSuccess     atomic.Int64 // unix nanoseconds; 0 before the first success
 	loaded          prometheus.Gauge
 	keys            prometheus.Gauge
+	keyInfo         *prometheus.GaugeVec
 }
 
 // method holds one RPC's series, one slot per gRPC code. Slots are filled
@@ -85,6 +85,10 @@ func New(version string, descs ...*grpc.ServiceDesc) *Metrics {
 			Name: "kms_kek_keys",
 			Help: "Keys held: the primary, older keys the command lists, and keys it stopped listing (kept until restart). 0 while purged.",
 		}),
+		keyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kms_kek_key_info",
+			Help: "1 for each key held, by key_id and role: primary (encrypts), listed (decrypts; the command prints it), unlisted (decrypts; kept after the command stopped printing it). None while purged.",
+		}, []string{"key_id", "role"}),
 	}
 	runs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kms_kek_command_runs_total",
@@ -109,7 +113,7 @@ func New(version string, descs ...*grpc.ServiceDesc) *Metrics {
 		}
 	}
 	m.Registry.MustRegister(
-		m.requests, m.latencies, runs, durations, m.loaded, m.keys,
+		m.requests, m.latencies, runs, durations, m.loaded, m.keys, m.keyInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kms_kek_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful run of the KEK command (0: none yet).",
@@ -187,12 +191,15 @@ func (m *Metrics) CommandRan(o keysource.Outcome, took time.Duration, end time.T
 }
 
 // KeysChanged records the keys now served, nil when purged (keysource.Hooks).
-func (m *Metrics) KeysChanged(set *codec.Set) {
-	if set == nil {
+func (m *Metrics) KeysChanged(keys []keysource.KeyInfo) {
+	m.keyInfo.Reset()
+	for _, k := range keys {
+		m.keyInfo.WithLabelValues(k.ID, string(k.Role)).Set(1)
+	}
+	m.keys.Set(float64(len(keys)))
+	if keys == nil {
 		m.loaded.Set(0)
-		m.keys.Set(0)
 		return
 	}
 	m.loaded.Set(1)
-	m.keys.Set(float64(len(set.Keys())))
 }

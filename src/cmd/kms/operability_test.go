@@ -163,6 +163,11 @@ func TestHealthAndMetrics(t *testing.T) {
 	if got := m.value(t, "kms_kek_command_runs_total", "outcome=success"); got != 1 {
 		t.Errorf("successful runs %v, want 1", got)
 	}
+	for id, role := range map[string]string{keyID(k1): "primary", keyID(k2): "listed"} {
+		if got := m.value(t, "kms_kek_key_info", "key_id="+id, "role="+role); got != 1 {
+			t.Errorf("kms_kek_key_info{key_id=%s,role=%s} = %v, want 1", id, role, got)
+		}
+	}
 	if got := m.value(t, "kms_kek_seconds_since_last_success"); got <= 0 || got > 60 {
 		t.Errorf("kms_kek_seconds_since_last_success = %v", got)
 	}
