@@ -80,7 +80,7 @@ type nodeStatus struct {
 	Endpoint        string       `json:"endpoint"`
 	Serving         bool         `json:"serving"`
 	Primary         string       `json:"primary,omitempty"`
-	Keys            []heldKey  `json:"keys"`
+	Keys            []heldKey    `json:"keys"`
 	LastSuccess     time.Time    `json:"last_success"`
 	FailedRuns      int64        `json:"failed_runs"`
 	LastError       string       `json:"last_error,omitempty"`
