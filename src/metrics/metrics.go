@@ -172,6 +172,21 @@ func (m *Metrics) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
+// Settings exports the daemon's --timeout and --refresh-interval, so that
+// alert rules can compare the time since the last success with them.
+func (m *Metrics) Settings(timeout, refreshInterval time.Duration) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kms_kek_timeout_seconds",
+			Help: "--timeout: the KEK is purged this long after the last successful run of the command.",
+		}, func() float64 { return timeout.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kms_kek_refresh_interval_seconds",
+			Help: "--refresh-interval: how often the KEK command runs while it succeeds.",
+		}, func() float64 { return refreshInterval.Seconds() }),
+	)
+}
+
 // Connections exports open, the number of client connections open on the
 // KMS socket, as kms_connections.
 func (m *Metrics) Connections(open func() int) {

@@ -119,6 +119,7 @@ func serve(cfg *config, log *slog.Logger) error {
 	// The hooks are called from the first run of the command on, so what
 	// they feed is set up before the keys are.
 	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
+	met.Settings(cfg.timeout, cfg.refreshInterval)
 	gs := transport.NewServer(cfg.idleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
 	hs := health.Register(gs)
 	keys, err := keysource.New(keysource.Config{

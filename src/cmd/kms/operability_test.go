@@ -155,7 +155,8 @@ func TestHealthAndMetrics(t *testing.T) {
 	}
 
 	m := scrape(t, base)
-	for name, want := range map[string]float64{"kms_kek_loaded": 1, "kms_kek_keys": 2, "kms_build_info": 1} {
+	for name, want := range map[string]float64{"kms_kek_loaded": 1, "kms_kek_keys": 2, "kms_build_info": 1,
+		"kms_kek_timeout_seconds": timeout.Seconds(), "kms_kek_refresh_interval_seconds": timeout.Seconds() / 5} {
 		if got := m.value(t, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
