@@ -48,7 +48,7 @@ var secrets = schema.GroupResource{Resource: "secrets"}
 
 func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// keyID is the README's key_id rule, computed here independently.
+// keyID is the key_id rule of docs/kek.md, computed here independently.
 func keyID(key []byte) string {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("cmdkms key id v1"))
@@ -138,7 +138,7 @@ func (a *apiserver) readAll(t *testing.T, what string, objs []object) {
 
 // storedKeyID says which KEK protects an object, from the bytes etcd holds:
 // KMS v2 keeps the key_id in its EncryptedObject; KMS v1 keeps our
-// ciphertext of the DEK, whose header names the key (README "Ciphertext format").
+// ciphertext of the DEK, whose header names the key (docs/kek.md).
 func storedKeyID(t *testing.T, stored []byte) string {
 	t.Helper()
 	if rest, ok := bytes.CutPrefix(stored, []byte("k8s:enc:kms:v2:kms2:")); ok {

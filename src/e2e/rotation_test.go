@@ -170,7 +170,7 @@ func TestRotationV1(t *testing.T) {
 
 	// Steps 1 and 2 on every node: the new key, primary.
 	n.rekey(t, neu, old)
-	// The README's old procedure: replace under the same configuration.
+	// The old documented procedure: replace under the same configuration.
 	if n := load(t, before).replace(t, objs); n != 0 {
 		t.Fatalf("a replace under the same v1 provider rewrote %d objects: the test's premise is wrong", n)
 	}

@@ -1,7 +1,7 @@
 // Package kek parses what the KEK command prints into a Keyring and derives
 // the public key ids that name each key in ciphertexts and in KMS v2.
 //
-// Two output formats are accepted (see README "KEK formats"):
+// Two output formats are accepted (see docs/kek.md):
 //
 //   - raw: exactly 16, 24 or 32 bytes, used as-is (the 2018 format);
 //   - text: a first line "kms-keyring v1", then one standard-base64 key of

@@ -2,7 +2,7 @@
 // it in the background and purges it when refreshing keeps failing; and it
 // encrypts and decrypts with the keys it holds.
 //
-// Lifecycle (README "Running the daemon"): the command runs once at Start
+// Lifecycle (docs/kek.md): the command runs once at Start
 // and Start fails if it does. A loaded keyring is good for Timeout. Every
 // RefreshInterval the command is re-run in the background, one run at a
 // time, with exponential backoff and jitter between failed tries. Requests

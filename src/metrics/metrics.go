@@ -1,4 +1,4 @@
-// Package metrics holds the daemon's Prometheus metrics (README "Metrics").
+// Package metrics holds the daemon's Prometheus metrics (docs/operating.md).
 //
 // Requests are counted on the hot path, so everything a request touches is
 // resolved ahead of time: the label children of each method are looked up
