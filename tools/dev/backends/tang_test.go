@@ -31,6 +31,7 @@ type tang struct {
 	url  string
 	mu   sync.Mutex
 	l    net.Listener
+	hung chan struct{} // while not nil, connections are held, never answered
 	wg   sync.WaitGroup
 }
 
@@ -42,21 +43,28 @@ func startTang(t *testing.T) *tang {
 	}
 	run(t, nil, nil, tangdKeygen, db)
 	tg := &tang{t: t, db: db, addr: "127.0.0.1:0"}
-	tg.start()
+	tg.listen(nil)
 	tg.addr = tg.l.Addr().String()
 	tg.url = "http://" + tg.addr
 	t.Cleanup(tg.stop)
 	return tg
 }
 
-func (tg *tang) start() {
+// start serves again after stop.
+func (tg *tang) start() { tg.listen(nil) }
+
+// hang accepts connections and never answers them, like a server that is
+// up but stuck, or one behind a firewall that drops packets, until stop.
+func (tg *tang) hang() { tg.listen(make(chan struct{})) }
+
+func (tg *tang) listen(hung chan struct{}) {
 	tg.t.Helper()
 	l, err := net.Listen("tcp", tg.addr)
 	if err != nil {
 		tg.t.Fatal(err)
 	}
 	tg.mu.Lock()
-	tg.l = l
+	tg.l, tg.hung = l, hung
 	tg.mu.Unlock()
 	tg.wg.Add(1)
 	go func() {
@@ -69,6 +77,11 @@ func (tg *tang) start() {
 			tg.wg.Add(1)
 			go func() {
 				defer tg.wg.Done()
+				if hung != nil {
+					<-hung
+					c.Close()
+					return
+				}
 				tg.serve(c.(*net.TCPConn))
 			}()
 		}
@@ -87,14 +100,18 @@ func (tg *tang) serve(c *net.TCPConn) {
 	cmd.Run()
 }
 
-// stop closes the port and waits for requests in flight.
+// stop closes the port and the connections it holds, and waits for
+// requests in flight.
 func (tg *tang) stop() {
 	tg.mu.Lock()
-	l := tg.l
-	tg.l = nil
+	l, hung := tg.l, tg.hung
+	tg.l, tg.hung = nil, nil
 	tg.mu.Unlock()
 	if l != nil {
 		l.Close()
+		if hung != nil {
+			close(hung)
+		}
 		tg.wg.Wait()
 	}
 }

@@ -94,6 +94,17 @@ func (s *swtpm) reboot() {
 	s.boot()
 }
 
+// flush empties the TPM's slots for transient objects and sessions, as the
+// kernel's resource manager (/dev/tpmrm0, which a node's clevis uses) does
+// for every client that closes it. swtpm has none: a tpm2 pin that Clevis's
+// sss pin kills, once other pins gave it enough shares, leaves its objects
+// loaded, and after three the TPM refuses more ("out of memory for object
+// contexts").
+func (s *swtpm) flush() {
+	run(s.t, s.env(), nil, "tpm2_flushcontext", "--transient-object")
+	run(s.t, s.env(), nil, "tpm2_flushcontext", "--loaded-session")
+}
+
 // env points tpm2-tools and Clevis at this TPM.
 func (s *swtpm) env() []string { return []string{"TPM2TOOLS_TCTI=" + s.tcti} }
 
