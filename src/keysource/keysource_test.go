@@ -160,6 +160,33 @@ func TestRunKillsTheProcessGroupOnTimeout(t *testing.T) {
 	}
 }
 
+// A command that succeeds but leaves a process behind in its group, holding
+// stdout and stderr open, succeeds, and the stray is killed. Clevis's sss
+// pin does this: once other pins gave it enough shares it exits, leaving a
+// tang pin's curl waiting on a hung server.
+func TestRunKillsStraysWhenTheCommandExits(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	began := time.Now()
+	out, _, err := Run(context.Background(),
+		[]string{"/bin/sh", "-c", "sleep 60 & echo $! > " + pidFile + "; printf KEY"}, 20*time.Second)
+	if err != nil || string(out) != "KEY" {
+		t.Fatalf("%q, %v", out, err)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	pidText, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	fmt.Sscan(string(pidText), &pid)
+	waitFor(t, "the stray to die", func() bool {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
+}
+
 func TestRunErrorCarriesStderrNeverStdout(t *testing.T) {
 	_, stderr, err := Run(context.Background(),
 		[]string{"/bin/sh", "-c", "printf TOPSECRETKEYBYTES; echo 'tang: connection refused' >&2; exit 3"}, 5*time.Second)
