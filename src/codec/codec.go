@@ -1,5 +1,5 @@
 // Package codec encrypts and decrypts data encryption keys under a set of
-// KEKs. Ciphertext formats (see README "Ciphertext format"):
+// KEKs. Ciphertext formats (see docs/kek.md):
 //
 //	legacy (2018, decrypt only): ":ck:aescbc:v1:" ‖ IV(16) ‖ AES-CBC(PKCS#7(p))
 //	aesgcm:                      ":ck:v2:aesgcm:" ‖ key id(16) ‖ nonce(12) ‖ AES-GCM(p), header as AAD

@@ -12,6 +12,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,6 +22,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,7 +48,7 @@ var secrets = schema.GroupResource{Resource: "secrets"}
 
 func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// keyID is the README's key_id rule, computed here independently.
+// keyID is the key_id rule of docs/kek.md, computed here independently.
 func keyID(key []byte) string {
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("cmdkms key id v1"))
@@ -136,7 +138,7 @@ func (a *apiserver) readAll(t *testing.T, what string, objs []object) {
 
 // storedKeyID says which KEK protects an object, from the bytes etcd holds:
 // KMS v2 keeps the key_id in its EncryptedObject; KMS v1 keeps our
-// ciphertext of the DEK, whose header names the key (README "Ciphertext format").
+// ciphertext of the DEK, whose header names the key (docs/kek.md).
 func storedKeyID(t *testing.T, stored []byte) string {
 	t.Helper()
 	if rest, ok := bytes.CutPrefix(stored, []byte("k8s:enc:kms:v2:kms2:")); ok {
@@ -352,4 +354,35 @@ func TestIdleConnectionsAreRedialled(t *testing.T) {
 	}
 	api1.readAll(t, "the first API server, after three idle closes", objs)
 	t.Logf("3 idle closes: %d objects written and read back, no call failed", len(objs))
+}
+
+// kube-apiserver may have many more calls in flight than the daemon serves
+// on one connection (transport.MaxStreams): its gRPC client waits for a
+// free stream, and no call fails.
+func TestMoreCallsThanStreams(t *testing.T) {
+	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
+	dir := testbin.ShortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	testbin.StartKMS(t, sock, "--command", "cat "+ring)
+	// KMS v1 encrypts a new DEK with the plugin for every write.
+	api := load(t, encryptionConfig(t, dir, "v1.yaml", "unix://"+sock, true))
+	const writers = 200
+	var wg sync.WaitGroup
+	objs := make([]object, writers)
+	errs := make([]error, writers)
+	for i := range objs {
+		o := &objs[i]
+		o.key, o.plain = fmt.Sprintf("/registry/secrets/e2e/w%d", i), testbin.NewKey()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			o.stored, errs[i] = api.tr.TransformToStorage(context.Background(), o.plain, value.DefaultContext(o.key))
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("writes by %d writers at once: %v", writers, err)
+	}
+	load(t, encryptionConfig(t, dir, "v1.yaml", "unix://"+sock, true)).readAll(t, "written by 200 writers at once", objs)
 }

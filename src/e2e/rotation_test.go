@@ -119,28 +119,58 @@ func want(t *testing.T, what string, got map[string]int, place string, n int) {
 	}
 }
 
+// node is one daemon on its socket, reading a keyring the test rewrites.
+type node struct {
+	dir, ring, sock, endpoint string
+	d                         *testbin.Proc
+}
+
+// newNode is a place for a daemon; restart starts it.
+func newNode(t *testing.T) *node {
+	dir := testbin.ShortDir(t)
+	n := &node{dir: dir, ring: filepath.Join(dir, "keyring"), sock: filepath.Join(dir, "kms.sock")}
+	n.endpoint = "unix://" + n.sock
+	return n
+}
+
+// rekey makes keys the keyring, refreshes the daemon (SIGHUP) and waits
+// until keys[0] is its primary.
+func (n *node) rekey(t *testing.T, keys ...[]byte) {
+	t.Helper()
+	testbin.WriteKeyring(t, n.ring, keys...)
+	n.d.Signal(syscall.SIGHUP)
+	testbin.WaitFor(t, "the new primary", 30*time.Second, func() bool { return v2Status(t, n.endpoint).KeyID == keyID(keys[0]) })
+}
+
+// restart stops the daemon, if it runs, and starts it with keys: it then
+// holds exactly those, none the command stopped listing.
+func (n *node) restart(t *testing.T, keys ...[]byte) {
+	t.Helper()
+	if n.d != nil {
+		if code := n.d.Stop(t, syscall.SIGTERM); code != 0 {
+			t.Fatalf("kms exit %d", code)
+		}
+	}
+	testbin.WriteKeyring(t, n.ring, keys...)
+	n.d = testbin.StartKMS(t, n.sock, "--command", "cat "+n.ring)
+}
+
 // KMS v1: a v1 envelope cannot tell kube-apiserver which KEK wrapped its
 // DEK, so a new primary key alone makes nothing stale and the replace
 // rewrites nothing; dropping the old key then loses every secret. What
 // works is a second provider of a new name placed first.
 func TestRotationV1(t *testing.T) {
 	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
-	dir := testbin.ShortDir(t)
-	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	endpoint := "unix://" + sock
 	old, neu := testbin.NewKey(), testbin.NewKey()
-	args := []string{"--command", "cat " + ring}
-	testbin.WriteKeyring(t, ring, old)
-	d := testbin.StartKMS(t, sock, args...)
-	before := config(t, dir, "before.yaml", endpoint, "v1:kms")
+	n := newNode(t)
+	n.restart(t, old)
+	before := config(t, n.dir, "before.yaml", n.endpoint, "v1:kms")
 	objs := load(t, before).write(t, "v1", 200)
 	want(t, "written", census(t, objs), "v1:kms:"+keyID(old), 200)
 
-	// Step 1 on every node: the new key, primary.
-	testbin.WriteKeyring(t, ring, neu, old)
-	d.Signal(syscall.SIGHUP)
-	testbin.WaitFor(t, "the new primary", 30*time.Second, func() bool { return v2Status(t, endpoint).KeyID == keyID(neu) })
-	// The README's old procedure: replace under the same configuration.
+	// Steps 1 and 2 on every node: the new key, primary.
+	n.rekey(t, neu, old)
+	// The old documented procedure: replace under the same configuration.
 	if n := load(t, before).replace(t, objs); n != 0 {
 		t.Fatalf("a replace under the same v1 provider rewrote %d objects: the test's premise is wrong", n)
 	}
@@ -148,52 +178,38 @@ func TestRotationV1(t *testing.T) {
 
 	// Step 2: a provider of a new name first, the old one second; restart
 	// the API servers. Now every object reads as stale and moves.
-	during := config(t, dir, "during.yaml", endpoint, "v1:kms-2", "v1:kms")
-	if n := load(t, during).replace(t, objs); n != 200 {
-		t.Fatalf("replace with a new provider first rewrote %d of 200", n)
+	during := config(t, n.dir, "during.yaml", n.endpoint, "v1:kms-2", "v1:kms")
+	if k := load(t, during).replace(t, objs); k != 200 {
+		t.Fatalf("replace with a new provider first rewrote %d of 200", k)
 	}
 	want(t, "after the replace", census(t, objs), "v1:kms-2:"+keyID(neu), 200)
-	if n := load(t, during).replace(t, objs); n != 0 {
-		t.Fatalf("a second replace rewrote %d", n)
+	if k := load(t, during).replace(t, objs); k != 0 {
+		t.Fatalf("a second replace rewrote %d", k)
 	}
 
-	// Step 3: retire the old key and the old provider; restart everything.
-	testbin.WriteKeyring(t, ring, neu)
-	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
-		t.Fatalf("kms exit %d", code)
-	}
-	testbin.StartKMS(t, sock, args...)
-	load(t, config(t, dir, "after.yaml", endpoint, "v1:kms-2")).readAll(t, "after retiring the old key", objs)
+	// Step 4: retire the old key and the old provider; restart everything.
+	n.restart(t, neu)
+	load(t, config(t, n.dir, "after.yaml", n.endpoint, "v1:kms-2")).readAll(t, "after retiring the old key", objs)
 }
 
 // KMS v2 needs no change of configuration: each object names its key_id,
 // kube-apiserver reads objects under another key_id as stale once it has
 // seen the new one in Status, and the replace moves them all.
 func TestRotationV2(t *testing.T) {
-	dir := testbin.ShortDir(t)
-	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	endpoint := "unix://" + sock
 	old, neu := testbin.NewKey(), testbin.NewKey()
-	args := []string{"--command", "cat " + ring}
-	testbin.WriteKeyring(t, ring, old)
-	d := testbin.StartKMS(t, sock, args...)
-	cfg := config(t, dir, "v2.yaml", endpoint, "v2:kms")
+	n := newNode(t)
+	n.restart(t, old)
+	cfg := config(t, n.dir, "v2.yaml", n.endpoint, "v2:kms")
 	objs := load(t, cfg).write(t, "v2", 200)
 	want(t, "written", census(t, objs), "v2:kms:"+keyID(old), 200)
 
-	testbin.WriteKeyring(t, ring, neu, old)
-	d.Signal(syscall.SIGHUP)
-	testbin.WaitFor(t, "the new primary", 30*time.Second, func() bool { return v2Status(t, endpoint).KeyID == keyID(neu) })
-	if n := load(t, cfg).replace(t, objs); n != 200 {
-		t.Fatalf("replace after the key_id changed rewrote %d of 200", n)
+	n.rekey(t, neu, old)
+	if k := load(t, cfg).replace(t, objs); k != 200 {
+		t.Fatalf("replace after the key_id changed rewrote %d of 200", k)
 	}
 	want(t, "after the replace", census(t, objs), "v2:kms:"+keyID(neu), 200)
 
-	testbin.WriteKeyring(t, ring, neu)
-	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
-		t.Fatalf("kms exit %d", code)
-	}
-	testbin.StartKMS(t, sock, args...)
+	n.restart(t, neu)
 	load(t, cfg).readAll(t, "after retiring the old key", objs)
 }
 
@@ -219,43 +235,36 @@ func TestMigrationFrom2018(t *testing.T) {
 	featuregatetesting.SetFeatureGateDuringTest(t, utilfeature.DefaultFeatureGate, features.KMSv1, true)
 	for _, target := range []string{"v1:kms-2", "v2:kms-2"} {
 		t.Run(strings.Replace(target, ":", "-", 1), func(t *testing.T) {
-			dir := testbin.ShortDir(t)
-			sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-			endpoint := "unix://" + sock
+			n := newNode(t)
 			raw, neu := testbin.NewKey(), testbin.NewKey()
 
 			// The 2018 cluster: its daemon on the socket, provider "kms".
-			l, err := net.Listen("unix", sock)
+			l, err := net.Listen("unix", n.sock)
 			if err != nil {
 				t.Fatal(err)
 			}
 			gs := grpc.NewServer()
 			kmsv1.RegisterKeyManagementServiceServer(gs, legacyPlugin{key: raw})
 			go gs.Serve(l)
-			legacy := config(t, dir, "2018.yaml", endpoint, "v1:kms")
+			legacy := config(t, n.dir, "2018.yaml", n.endpoint, "v1:kms")
 			objs := load(t, legacy).write(t, "2018", 100)
 			gs.Stop()
 			want(t, "written in 2018", census(t, objs), "v1:kms:2018", 100)
 
 			// This daemon in its place, the raw key kept for decryption and
 			// a new primary; a provider of a new name first.
-			testbin.WriteKeyring(t, ring, neu, raw)
-			d := testbin.StartKMS(t, sock, "--command", "cat "+ring)
-			if n := load(t, legacy).replace(t, objs); n != 0 {
-				t.Fatalf("a replace under the 2018 configuration rewrote %d objects", n)
+			n.restart(t, neu, raw)
+			if k := load(t, legacy).replace(t, objs); k != 0 {
+				t.Fatalf("a replace under the 2018 configuration rewrote %d objects", k)
 			}
-			during := config(t, dir, "during.yaml", endpoint, target, "v1:kms")
-			if n := load(t, during).replace(t, objs); n != 100 {
-				t.Fatalf("replace with %s first rewrote %d of 100", target, n)
+			during := config(t, n.dir, "during.yaml", n.endpoint, target, "v1:kms")
+			if k := load(t, during).replace(t, objs); k != 100 {
+				t.Fatalf("replace with %s first rewrote %d of 100", target, k)
 			}
 			want(t, "migrated", census(t, objs), target+":"+keyID(neu), 100)
 
-			testbin.WriteKeyring(t, ring, neu)
-			if code := d.Stop(t, syscall.SIGTERM); code != 0 {
-				t.Fatalf("kms exit %d", code)
-			}
-			testbin.StartKMS(t, sock, "--command", "cat "+ring)
-			load(t, config(t, dir, "after.yaml", endpoint, target)).readAll(t, "after retiring the 2018 key", objs)
+			n.restart(t, neu)
+			load(t, config(t, n.dir, "after.yaml", n.endpoint, target)).readAll(t, "after retiring the 2018 key", objs)
 		})
 	}
 }

@@ -1,7 +1,7 @@
 // Package kek parses what the KEK command prints into a Keyring and derives
 // the public key ids that name each key in ciphertexts and in KMS v2.
 //
-// Two output formats are accepted (see README "KEK formats"):
+// Two output formats are accepted (see docs/kek.md):
 //
 //   - raw: exactly 16, 24 or 32 bytes, used as-is (the 2018 format);
 //   - text: a first line "kms-keyring v1", then one standard-base64 key of
@@ -82,7 +82,15 @@ type Keyring struct {
 	Keys []Key
 	// Raw is true for the 2018 raw format.
 	Raw bool
+	// entries locate each key's lines in the text that Parse read, so that
+	// a file can be edited (format.go) keeping every other line.
+	entries []entry
 }
+
+// entry is where one key is in a text keyring: [start, end) covers its
+// line, its newline, and the "# key_id" comment right above it if that
+// names it.
+type entry struct{ start, end int }
 
 // Wipe zeroes every key's bytes. The Keyring is unusable afterwards.
 func (r *Keyring) Wipe() {
@@ -126,9 +134,11 @@ func parseText(out []byte) (*Keyring, error) {
 		return nil, err
 	}
 	lines := bytes.Split(out, []byte("\n"))
-	for i, line := range lines[1:] {
-		lineNo := i + 2
-		line = bytes.TrimSpace(line)
+	start := len(lines[0]) + 1 // of the line at hand
+	for i, raw := range lines[1:] {
+		lineNo, lineStart := i+2, start
+		start += len(raw) + 1
+		line := bytes.TrimSpace(raw)
 		if len(line) == 0 || line[0] == '#' {
 			continue
 		}
@@ -151,6 +161,11 @@ func parseText(out []byte) (*Keyring, error) {
 			}
 		}
 		r.Keys = append(r.Keys, Key{ID: id, Secret: secret})
+		e := entry{lineStart, min(start, len(out))}
+		if prev := lines[i]; i > 0 && string(bytes.TrimSpace(prev)) == idComment+id.String() {
+			e.start -= len(prev) + 1
+		}
+		r.entries = append(r.entries, e)
 	}
 	if len(r.Keys) == 0 {
 		return nil, fmt.Errorf("keyring has no keys after the %q line", Header)

@@ -12,6 +12,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/process"
@@ -147,6 +149,7 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 	}
 	// The same escapee could hold stdout open: reading stops at the deadline.
 	pr.SetReadDeadline(time.Now().Add(timeout + time.Second))
+	strays := killStraysOnExit(cmd.Process.Pid)
 
 	buf := make([]byte, MaxOutput+1)
 	n, readErr := io.ReadFull(pr, buf)
@@ -154,6 +157,7 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 		// More than MaxOutput: kill now rather than wait for the timeout.
 		cancel()
 	}
+	<-strays
 	waitErr := cmd.Wait()
 	process.ChildDone(cmd)
 	stderr = errOut.String()
@@ -176,6 +180,26 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 		return fail("reading command output: %v", readErr)
 	}
 	return buf[:n], stderr, nil
+}
+
+// killStraysOnExit kills the process group of the command pid once the
+// command has exited, and closes the channel it returns when it has. What
+// the command left running in its group would otherwise hold stdout or
+// stderr open and turn a successful run into a failure: Clevis's sss pin,
+// for one, exits once enough of its pins answered and leaves a tang pin's
+// curl waiting on a hung server. The command stays a zombie until Wait (the
+// orphan reaper leaves it alone too), so its pid, the group's id, cannot
+// be reused before the kill.
+func killStraysOnExit(pid int) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PID, pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
+		syscall.Kill(-pid, syscall.SIGKILL)
+	}()
+	return done
 }
 
 // capWriter keeps the first maxStderr bytes and counts the rest.

@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/testbin"
 )
 
@@ -30,12 +29,12 @@ func (r *recorder) CommandRan(o Outcome, took time.Duration, end time.Time) {
 	r.events = append(r.events, event{outcome: o})
 }
 
-func (r *recorder) KeysChanged(set *codec.Set) {
+func (r *recorder) KeysChanged(keys []KeyInfo) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := -1
-	if set != nil {
-		n = len(set.Keys())
+	if keys != nil {
+		n = len(keys)
 	}
 	r.events = append(r.events, event{keys: n})
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -157,6 +158,33 @@ func TestRunKillsTheProcessGroupOnTimeout(t *testing.T) {
 			t.Fatalf("grandchild %d still runs", pid)
 		}
 	}
+}
+
+// A command that succeeds but leaves a process behind in its group, holding
+// stdout and stderr open, succeeds, and the stray is killed. Clevis's sss
+// pin does this: once other pins gave it enough shares it exits, leaving a
+// tang pin's curl waiting on a hung server.
+func TestRunKillsStraysWhenTheCommandExits(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	began := time.Now()
+	out, _, err := Run(context.Background(),
+		[]string{"/bin/sh", "-c", "sleep 60 & echo $! > " + pidFile + "; printf KEY"}, 20*time.Second)
+	if err != nil || string(out) != "KEY" {
+		t.Fatalf("%q, %v", out, err)
+	}
+	if d := time.Since(began); d > 5*time.Second {
+		t.Fatalf("took %v", d)
+	}
+	pidText, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	fmt.Sscan(string(pidText), &pid)
+	waitFor(t, "the stray to die", func() bool {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err != nil || strings.Contains(string(stat), ") Z ")
+	})
 }
 
 func TestRunErrorCarriesStderrNeverStdout(t *testing.T) {
@@ -346,9 +374,9 @@ func TestRotation(t *testing.T) {
 	if p, _, err := s.Decrypt(oldCT); err != nil || string(p) != "dek under a" {
 		t.Fatalf("retired key: %v", err)
 	}
-	ids := s.KeyIDs()
-	if want := []string{idOf(t, c), idOf(t, b), idOf(t, a)}; strings.Join(ids, ",") != strings.Join(want, ",") {
-		t.Fatalf("key order %v, want %v", ids, want)
+	want := []KeyInfo{{idOf(t, c), RolePrimary}, {idOf(t, b), RoleListed}, {idOf(t, a), RoleUnlisted}}
+	if got := s.Status().Keys; !slices.Equal(got, want) {
+		t.Fatalf("keys %v, want %v", got, want)
 	}
 	if n := logs.count("primary KEK changed"); n != 2 {
 		t.Fatalf("%d rotations logged:\n%s", n, logs)
@@ -365,7 +393,7 @@ func TestRetiredKeysAreBounded(t *testing.T) {
 		s.Refresh()
 		waitFor(t, "the new key", func() bool { return primary(s) == idOf(t, k) })
 	}
-	if n := len(s.KeyIDs()); n != 1+maxRetired {
+	if n := len(s.Status().Keys); n != 1+maxRetired {
 		t.Fatalf("%d keys in memory", n)
 	}
 }

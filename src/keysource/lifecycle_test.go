@@ -126,10 +126,10 @@ func TestOneCopyOfEachKeyAndSafeWipes(t *testing.T) {
 	testbin.WriteKeyring(t, path, a)
 	rec := &recorder{}
 	s, _ := start(t, Config{Command: "cat " + path, Hooks: rec})
-	before := s.keys.Load().Keys()[0]
+	before := s.keys.Load().set.Keys()[0]
 	s.Refresh()
 	waitFor(t, "a second run", func() bool { return rec.runs() == 2 })
-	if after := s.keys.Load().Keys()[0]; after != before {
+	if after := s.keys.Load().set.Keys()[0]; after != before {
 		t.Fatal("a refresh with the same key replaced its cipher")
 	}
 

@@ -2,7 +2,7 @@
 // it in the background and purges it when refreshing keeps failing; and it
 // encrypts and decrypts with the keys it holds.
 //
-// Lifecycle (README "Running the daemon"): the command runs once at Start
+// Lifecycle (docs/kek.md): the command runs once at Start
 // and Start fails if it does. A loaded keyring is good for Timeout. Every
 // RefreshInterval the command is re-run in the background, one run at a
 // time, with exponential backoff and jitter between failed tries. Requests
@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,10 +69,30 @@ type Config struct {
 type Hooks interface {
 	// CommandRan reports one run of the command and when it ended.
 	CommandRan(o Outcome, took time.Duration, end time.Time)
-	// KeysChanged reports the keys now served; nil means purged. Only the
-	// keys' ids may be read: their ciphers may be wiped at any time after.
-	KeysChanged(set *codec.Set)
+	// KeysChanged reports the keys now served, primary first; nil means
+	// purged.
+	KeysChanged(keys []KeyInfo)
 }
+
+// KeyInfo names a key the daemon holds and what it is for.
+type KeyInfo struct {
+	// ID is the key_id.
+	ID   string
+	Role Role
+}
+
+// Role is what a held key is for.
+type Role string
+
+const (
+	// RolePrimary encrypts new data.
+	RolePrimary Role = "primary"
+	// RoleListed decrypts: the command prints it after the primary.
+	RoleListed Role = "listed"
+	// RoleUnlisted decrypts: the command no longer prints it, and it is
+	// kept until a restart or purge.
+	RoleUnlisted Role = "unlisted"
+)
 
 // Outcome is how a run of the command ended.
 type Outcome string
@@ -92,13 +113,14 @@ var Outcomes = []Outcome{OutcomeSuccess, OutcomeFailed, OutcomeTimeout, OutcomeI
 type noHooks struct{}
 
 func (noHooks) CommandRan(Outcome, time.Duration, time.Time) {}
-func (noHooks) KeysChanged(*codec.Set)                       {}
+func (noHooks) KeysChanged([]KeyInfo)                        {}
 
 // Source holds the current keys. Its methods are safe for concurrent use.
 type Source struct {
 	cfg  Config
 	argv []string
-	keys atomic.Pointer[codec.Set]
+	keys atomic.Pointer[keyring]
+	runs runLog
 	// users is held for reading by every use of the keys; taking it for
 	// writing waits until no request uses keys that are about to be wiped.
 	users   sync.RWMutex
@@ -106,6 +128,74 @@ type Source struct {
 	stop    context.CancelFunc
 	done    chan struct{}
 	closing sync.Once
+}
+
+// runLog is what Status and RefreshAndWait know of the runs of the
+// command.
+type runLog struct {
+	mu             sync.Mutex
+	started, ended int64
+	// endedCh is closed, and replaced, when a run ends.
+	endedCh     chan struct{}
+	lastSuccess time.Time
+	failures    int   // consecutive failed runs
+	lastErr     error // of the last run, if it failed
+}
+
+func (l *runLog) start() {
+	l.mu.Lock()
+	l.started++
+	l.mu.Unlock()
+}
+
+// failed is the number of consecutive failed runs.
+func (l *runLog) failed() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.failures
+}
+
+// end records a run's outcome and returns the consecutive failures.
+func (l *runLog) end(err error) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ended++
+	l.lastErr = err
+	if err == nil {
+		l.lastSuccess, l.failures = time.Now(), 0
+	} else {
+		l.failures++
+	}
+	if l.endedCh != nil {
+		close(l.endedCh)
+	}
+	l.endedCh = make(chan struct{})
+	return l.failures
+}
+
+// keyring is the keys as served: the first listed of them the command
+// printed (primary first), the rest kept after it stopped printing them.
+type keyring struct {
+	set    *codec.Set
+	listed int
+}
+
+// info describes the keys, primary first; nil for nil (purged).
+func (r *keyring) info() []KeyInfo {
+	if r == nil {
+		return nil
+	}
+	infos := make([]KeyInfo, len(r.set.Keys()))
+	for i, k := range r.set.Keys() {
+		infos[i] = KeyInfo{ID: k.KeyID, Role: RoleListed}
+		switch {
+		case i == 0:
+			infos[i].Role = RolePrimary
+		case i >= r.listed:
+			infos[i].Role = RoleUnlisted
+		}
+	}
+	return infos
 }
 
 // New checks cfg and returns a Source that has no keys yet: Refresh may be
@@ -152,6 +242,7 @@ func (s *Source) Start(ctx context.Context) error {
 		}
 	}()
 	keys, err := s.fetch(first)
+	s.runs.end(err)
 	if err != nil {
 		stop()
 		close(s.done)
@@ -160,7 +251,7 @@ func (s *Source) Start(ctx context.Context) error {
 		}
 		return err
 	}
-	s.publish(codec.NewSet(keys), nil)
+	s.publish(&keyring{codec.NewSet(keys), len(keys)}, nil)
 	s.cfg.Log.Info("KEK loaded", "primary_key_id", keys[0].KeyID, "keys", len(keys),
 		"valid_for", s.cfg.Timeout, "refresh_every", s.cfg.RefreshInterval)
 	go s.loop(loopCtx)
@@ -175,12 +266,12 @@ var ErrPurged = errors.New("no KEK loaded: the KEK command has kept failing and 
 func (s *Source) Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err error) {
 	s.users.RLock()
 	defer s.users.RUnlock()
-	set := s.keys.Load()
-	if set == nil {
+	r := s.keys.Load()
+	if r == nil {
 		return nil, "", ErrPurged
 	}
-	ciphertext, err = set.Encrypt(s.cfg.Mode, plaintext)
-	return ciphertext, set.Primary().KeyID, err
+	ciphertext, err = r.set.Encrypt(s.cfg.Mode, plaintext)
+	return ciphertext, r.set.Primary().KeyID, err
 }
 
 // Decrypt opens a ciphertext of any format (codec.Set.Decrypt) and names
@@ -188,11 +279,11 @@ func (s *Source) Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err
 func (s *Source) Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err error) {
 	s.users.RLock()
 	defer s.users.RUnlock()
-	set := s.keys.Load()
-	if set == nil {
+	r := s.keys.Load()
+	if r == nil {
 		return nil, "", ErrPurged
 	}
-	plaintext, k, err := set.Decrypt(ciphertext)
+	plaintext, k, err := r.set.Decrypt(ciphertext)
 	if err != nil {
 		return nil, "", err
 	}
@@ -202,20 +293,20 @@ func (s *Source) Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err
 // Primary names the key that encrypts. Key ids are not secret and stay
 // readable after a key is wiped, so this and Holds take no lock.
 func (s *Source) Primary() (keyID string, err error) {
-	set := s.keys.Load()
-	if set == nil {
+	r := s.keys.Load()
+	if r == nil {
 		return "", ErrPurged
 	}
-	return set.Primary().KeyID, nil
+	return r.set.Primary().KeyID, nil
 }
 
 // Holds says whether keyID names a key the daemon holds.
 func (s *Source) Holds(keyID string) (bool, error) {
-	set := s.keys.Load()
-	if set == nil {
+	r := s.keys.Load()
+	if r == nil {
 		return false, ErrPurged
 	}
-	for _, k := range set.Keys() {
+	for _, k := range r.set.Keys() {
 		if k.KeyID == keyID {
 			return true, nil
 		}
@@ -223,18 +314,56 @@ func (s *Source) Holds(keyID string) (bool, error) {
 	return false, nil
 }
 
-// KeyIDs names the keys held, primary first, then the others the command
-// lists, then those it no longer lists; nil while purged.
-func (s *Source) KeyIDs() []string {
-	set := s.keys.Load()
-	if set == nil {
-		return nil
+// Status is what the daemon can say about its keys and its command.
+type Status struct {
+	// Keys are the keys held, primary first; nil while purged.
+	Keys []KeyInfo
+	// LastSuccess is when the command last succeeded.
+	LastSuccess time.Time
+	// Failures counts the failed runs since, and LastError is the error of
+	// the last of them.
+	Failures        int
+	LastError       error
+	Timeout         time.Duration
+	RefreshInterval time.Duration
+}
+
+// Status reports the keys and the runs of the command.
+func (s *Source) Status() Status {
+	s.runs.mu.Lock()
+	defer s.runs.mu.Unlock()
+	return Status{
+		Keys:            s.keys.Load().info(),
+		LastSuccess:     s.runs.lastSuccess,
+		Failures:        s.runs.failures,
+		LastError:       s.runs.lastErr,
+		Timeout:         s.cfg.Timeout,
+		RefreshInterval: s.cfg.RefreshInterval,
 	}
-	ids := make([]string, len(set.Keys()))
-	for i, k := range set.Keys() {
-		ids[i] = k.KeyID
+}
+
+// RefreshAndWait asks for a run, as Refresh does, and waits until a run
+// that started after the request has ended; it returns that run's error.
+func (s *Source) RefreshAndWait(ctx context.Context) error {
+	s.runs.mu.Lock()
+	target := s.runs.started + 1
+	s.runs.mu.Unlock()
+	s.Refresh()
+	for {
+		s.runs.mu.Lock()
+		ended, err, ch := s.runs.ended, s.runs.lastErr, s.runs.endedCh
+		s.runs.mu.Unlock()
+		if ended >= target {
+			return err
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return errors.New("the daemon is stopping")
+		}
 	}
-	return ids
 }
 
 // Refresh asks for a run now (e.g. on SIGHUP) without waiting for it.
@@ -260,12 +389,12 @@ func (s *Source) Close() {
 	})
 }
 
-// publish makes set the keys requests get, then wipes drop (keys that set
+// publish makes r the keys requests get, then wipes drop (keys that r
 // no longer holds) once no request holds them, and returns the memory that
 // held them to the operating system.
-func (s *Source) publish(set *codec.Set, drop []*codec.Key) {
-	s.keys.Store(set)
-	s.cfg.Hooks.KeysChanged(set)
+func (s *Source) publish(r *keyring, drop []*codec.Key) {
+	s.keys.Store(r)
+	s.cfg.Hooks.KeysChanged(r.info())
 	if len(drop) == 0 {
 		return
 	}
@@ -282,7 +411,7 @@ func (s *Source) publish(set *codec.Set, drop []*codec.Key) {
 func (s *Source) purge() {
 	var drop []*codec.Key
 	if old := s.keys.Load(); old != nil {
-		drop = old.Keys()
+		drop = old.set.Keys()
 	}
 	s.publish(nil, drop)
 }
@@ -293,15 +422,15 @@ func (s *Source) purge() {
 // (after the listed ones, so never primary), because data written under
 // them may still exist; they are forgotten on restart and on purge. It
 // returns the set it replaced (nil if purged).
-func (s *Source) install(fresh []*codec.Key) (old *codec.Set) {
+func (s *Source) install(fresh []*codec.Key) (old *keyring) {
 	old = s.keys.Load()
 	if old == nil {
-		s.publish(codec.NewSet(fresh), nil)
+		s.publish(&keyring{codec.NewSet(fresh), len(fresh)}, nil)
 		return nil
 	}
-	keys := make([]*codec.Key, 0, len(fresh)+len(old.Keys()))
+	keys := make([]*codec.Key, 0, len(fresh)+len(old.set.Keys()))
 	for _, k := range fresh {
-		if have := old.Lookup(k.ID); have != nil {
+		if have := old.set.Lookup(k.ID); have != nil {
 			k.Wipe() // never published
 			k = have
 		}
@@ -309,7 +438,7 @@ func (s *Source) install(fresh []*codec.Key) (old *codec.Set) {
 	}
 	var drop []*codec.Key
 	retired := 0
-	for _, k := range old.Keys() {
+	for _, k := range old.set.Keys() {
 		switch {
 		case hasKey(fresh, k.ID):
 		case retired < maxRetired:
@@ -319,7 +448,7 @@ func (s *Source) install(fresh []*codec.Key) (old *codec.Set) {
 			drop = append(drop, k)
 		}
 	}
-	s.publish(codec.NewSet(keys), drop)
+	s.publish(&keyring{codec.NewSet(keys), len(fresh)}, drop)
 	return old
 }
 
@@ -332,21 +461,15 @@ func hasKey(keys []*codec.Key, id kek.ID) bool {
 	return false
 }
 
-func sameKeys(a, b *codec.Set) bool {
-	if len(a.Keys()) != len(b.Keys()) {
-		return false
-	}
-	for i, k := range a.Keys() {
-		if b.Keys()[i].ID != k.ID {
-			return false
-		}
-	}
-	return true
+func sameKeys(a, b *keyring) bool {
+	return slices.Equal(a.info(), b.info())
 }
 
 // fetch runs the command and sets up a cipher for each key it printed,
-// primary first, reporting the run to the hooks.
+// primary first, reporting the run to the hooks. Its caller records the
+// end of the run (runs.end) once the outcome is acted on.
 func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
+	s.runs.start()
 	start := time.Now()
 	f, err := Fetch(ctx, s.argv, s.cfg.CommandTimeout)
 	end := time.Now()
@@ -384,7 +507,6 @@ func (s *Source) loop(ctx context.Context) {
 			results <- result{keys, err}
 		}()
 	}
-	failures := 0
 	purged := false
 	again := false // a refresh was asked for while a run was in flight
 	for {
@@ -413,12 +535,18 @@ func (s *Source) loop(ctx context.Context) {
 				purged = true
 				s.purge()
 				log.Error("KEK purged: the command has not succeeded within the timeout; "+
-					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", failures)
+					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", s.runs.failed())
 			}
 		case r := <-results:
 			results = nil
+			if r.err == nil {
+				// Installed before the run counts as ended, so that whoever
+				// waits for it sees its keys.
+				old := s.install(r.keys)
+				s.logChange(old, purged, s.runs.failed())
+			}
+			failures := s.runs.end(r.err)
 			if r.err != nil {
-				failures++
 				delay := s.backoff(failures)
 				if failures == 1 && !purged {
 					log.Warn("KEK refresh failed; serving the cached KEK and retrying", "err", r.err, "retry_in", delay)
@@ -427,9 +555,7 @@ func (s *Source) loop(ctx context.Context) {
 				}
 				next.Reset(delay)
 			} else {
-				old := s.install(r.keys)
-				s.logChange(old, purged, failures)
-				purged, failures = false, 0
+				purged = false
 				expiry.Reset(s.cfg.Timeout)
 				next.Reset(s.refreshDelay())
 			}
@@ -442,19 +568,19 @@ func (s *Source) loop(ctx context.Context) {
 }
 
 // logChange reports a successful run once, at the level its news deserves.
-func (s *Source) logChange(old *codec.Set, wasPurged bool, failures int) {
+func (s *Source) logChange(old *keyring, wasPurged bool, failures int) {
 	log := s.cfg.Log
-	set := s.keys.Load()
-	primary := set.Primary().KeyID
+	cur := s.keys.Load()
+	primary, n := cur.set.Primary().KeyID, len(cur.set.Keys())
 	switch {
 	case wasPurged:
-		log.Info("KEK restored; serving again", "primary_key_id", primary, "keys", len(set.Keys()), "failed_runs", failures)
+		log.Info("KEK restored; serving again", "primary_key_id", primary, "keys", n, "failed_runs", failures)
 		return
-	case old.Primary().KeyID != primary:
+	case old.set.Primary().KeyID != primary:
 		log.Info("primary KEK changed; new data is encrypted with the new key",
-			"primary_key_id", primary, "previous_primary_key_id", old.Primary().KeyID, "keys", len(set.Keys()))
-	case !sameKeys(old, set):
-		log.Info("keyring changed", "primary_key_id", primary, "keys", len(set.Keys()))
+			"primary_key_id", primary, "previous_primary_key_id", old.set.Primary().KeyID, "keys", n)
+	case !sameKeys(old, cur):
+		log.Info("keyring changed", "primary_key_id", primary, "keys", n, "listed", cur.listed)
 	case failures > 0:
 		log.Info("KEK refresh recovered", "failed_runs", failures)
 	default:

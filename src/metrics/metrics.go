@@ -1,4 +1,4 @@
-// Package metrics holds the daemon's Prometheus metrics (README "Metrics").
+// Package metrics holds the daemon's Prometheus metrics (docs/operating.md).
 //
 // Requests are counted on the hot path, so everything a request touches is
 // resolved ahead of time: the label children of each method are looked up
@@ -19,7 +19,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/keysource"
 )
 
@@ -44,6 +43,7 @@ type Metrics struct {
 	lastSuccess     atomic.Int64 // unix nanoseconds; 0 before the first success
 	loaded          prometheus.Gauge
 	keys            prometheus.Gauge
+	keyInfo         *prometheus.GaugeVec
 }
 
 // method holds one RPC's series, one slot per gRPC code. Slots are filled
@@ -85,6 +85,10 @@ func New(version string, descs ...*grpc.ServiceDesc) *Metrics {
 			Name: "kms_kek_keys",
 			Help: "Keys held: the primary, older keys the command lists, and keys it stopped listing (kept until restart). 0 while purged.",
 		}),
+		keyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kms_kek_key_info",
+			Help: "1 for each key held, by key_id and role: primary (encrypts), listed (decrypts; the command prints it), unlisted (decrypts; kept after the command stopped printing it). None while purged.",
+		}, []string{"key_id", "role"}),
 	}
 	runs := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "kms_kek_command_runs_total",
@@ -109,7 +113,7 @@ func New(version string, descs ...*grpc.ServiceDesc) *Metrics {
 		}
 	}
 	m.Registry.MustRegister(
-		m.requests, m.latencies, runs, durations, m.loaded, m.keys,
+		m.requests, m.latencies, runs, durations, m.loaded, m.keys, m.keyInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "kms_kek_last_success_timestamp_seconds",
 			Help: "Unix time of the last successful run of the KEK command (0: none yet).",
@@ -168,6 +172,21 @@ func (m *Metrics) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
+// Settings exports the daemon's --timeout and --refresh-interval, so that
+// alert rules can compare the time since the last success with them.
+func (m *Metrics) Settings(timeout, refreshInterval time.Duration) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kms_kek_timeout_seconds",
+			Help: "--timeout: the KEK is purged this long after the last successful run of the command.",
+		}, func() float64 { return timeout.Seconds() }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "kms_kek_refresh_interval_seconds",
+			Help: "--refresh-interval: how often the KEK command runs while it succeeds.",
+		}, func() float64 { return refreshInterval.Seconds() }),
+	)
+}
+
 // Connections exports open, the number of client connections open on the
 // KMS socket, as kms_connections.
 func (m *Metrics) Connections(open func() int) {
@@ -187,12 +206,15 @@ func (m *Metrics) CommandRan(o keysource.Outcome, took time.Duration, end time.T
 }
 
 // KeysChanged records the keys now served, nil when purged (keysource.Hooks).
-func (m *Metrics) KeysChanged(set *codec.Set) {
-	if set == nil {
+func (m *Metrics) KeysChanged(keys []keysource.KeyInfo) {
+	m.keyInfo.Reset()
+	for _, k := range keys {
+		m.keyInfo.WithLabelValues(k.ID, string(k.Role)).Set(1)
+	}
+	m.keys.Set(float64(len(keys)))
+	if keys == nil {
 		m.loaded.Set(0)
-		m.keys.Set(0)
 		return
 	}
 	m.loaded.Set(1)
-	m.keys.Set(float64(len(set.Keys())))
 }

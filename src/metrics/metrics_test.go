@@ -13,8 +13,6 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/codec"
-	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/keysource"
 )
 
@@ -87,15 +85,7 @@ func TestKEKMetrics(t *testing.T) {
 	m.CommandRan(keysource.OutcomeSuccess, 200*time.Millisecond, end)
 	m.CommandRan(keysource.OutcomeTimeout, time.Second, time.Now())
 	m.CommandRan(keysource.OutcomeInvalidOutput, time.Millisecond, time.Now())
-	k, err := kek.NewKey(make([]byte, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := codec.NewKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m.KeysChanged(codec.NewSet([]*codec.Key{key}))
+	m.KeysChanged([]keysource.KeyInfo{{ID: "kek1-a", Role: keysource.RolePrimary}, {ID: "kek1-b", Role: keysource.RoleUnlisted}})
 
 	mfs, err := m.Registry.Gather()
 	if err != nil {
@@ -126,7 +116,9 @@ func TestKEKMetrics(t *testing.T) {
 		"kms_kek_command_duration_seconds/success":      1,
 		"kms_kek_last_success_timestamp_seconds":        float64(end.UnixNano()) / 1e9,
 		"kms_kek_loaded":                                1,
-		"kms_kek_keys":                                  1,
+		"kms_kek_keys":                                  2,
+		"kms_kek_key_info/kek1-a/primary":               1,
+		"kms_kek_key_info/kek1-b/unlisted":              1,
 		"kms_build_info/" + runtime.Version() + "/test": 1,
 	} {
 		if got[name] != want {
@@ -138,8 +130,8 @@ func TestKEKMetrics(t *testing.T) {
 	}
 
 	m.KeysChanged(nil)
-	if testutil.ToFloat64(m.loaded) != 0 || testutil.ToFloat64(m.keys) != 0 {
-		t.Error("purge did not zero kms_kek_loaded and kms_kek_keys")
+	if testutil.ToFloat64(m.loaded) != 0 || testutil.ToFloat64(m.keys) != 0 || testutil.CollectAndCount(m.keyInfo) != 0 {
+		t.Error("purge did not zero kms_kek_loaded and kms_kek_keys, or left kms_kek_key_info series")
 	}
 	// Every name follows the conventions (units, _total on counters).
 	if problems, err := testutil.GatherAndLint(m.Registry); err != nil || len(problems) > 0 {

@@ -14,7 +14,7 @@ func NewKey() []byte {
 	return k
 }
 
-// WriteKeyring writes a text keyring (README "KEK formats") of keys, keys[0]
+// WriteKeyring writes a text keyring (docs/kek.md) of keys, keys[0]
 // primary, to path. It is written by hand rather than by src/kek, so tests
 // check the daemon against the format itself. The file is replaced
 // atomically: a concurrent `cat` sees the old or the new one, never half.

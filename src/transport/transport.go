@@ -1,6 +1,6 @@
 // Package transport builds the gRPC server of a KMS socket, with the
-// limits that bound what its clients can make the daemon hold (README
-// "Limits"). The daemon and tools/dev/bench's do-nothing plugin both use it,
+// limits that bound what its clients can make the daemon hold
+// (docs/security.md). The daemon and tools/dev/bench's do-nothing plugin both use it,
 // so that the two differ only in the work they do per call.
 package transport
 
@@ -51,7 +51,8 @@ const (
 	streamWorkers = 64
 )
 
-// pool serves the buffers gRPC reads requests into. gRPC's default pool
+// pool serves the buffers gRPC reads requests into: its largest tier is the
+// largest message with gRPC's 5-byte frame header. gRPC's default pool
 // serves any buffer over 32 KiB from a tier of 1 MiB buffers: an unread
 // 60 KB answer held a megabyte.
 var pool = mem.NewTieredBufferPool(256, 4<<10, 16<<10, 32<<10, MaxMessage+5)

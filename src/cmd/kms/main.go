@@ -24,7 +24,6 @@ import (
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/admin"
 	"github.com/cmdkms/kms/src/cli"
-	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/health"
 	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/metrics"
@@ -43,8 +42,15 @@ func main() {
 
 // run returns the exit code: 0 ok, 1 failure, 2 usage error.
 func run(args []string, stdout, stderr io.Writer) int {
-	if len(args) > 0 && args[0] == "check" {
-		return checkCommand(stdout, stderr).Run(args[1:], stdout, stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "check":
+			return checkCommand(stdout, stderr).Run(args[1:], stdout, stderr)
+		case "status":
+			return statusCommand(stdout, false).Run(args[1:], stdout, stderr)
+		case "refresh":
+			return statusCommand(stdout, true).Run(args[1:], stdout, stderr)
+		}
 	}
 	return cli.Command{Name: "kms", Usage: usageHead, Flags: func(fs *pflag.FlagSet) func([]string) error {
 		cfg, check := defineFlags(fs)
@@ -113,6 +119,7 @@ func serve(cfg *config, log *slog.Logger) error {
 	// The hooks are called from the first run of the command on, so what
 	// they feed is set up before the keys are.
 	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
+	met.Settings(cfg.timeout, cfg.refreshInterval)
 	gs := transport.NewServer(cfg.idleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
 	hs := health.Register(gs)
 	keys, err := keysource.New(keysource.Config{
@@ -143,6 +150,7 @@ func serve(cfg *config, log *slog.Logger) error {
 	}
 
 	service.Register(gs, keys, versionString())
+	health.RegisterStatus(gs, keys, versionString())
 	conns := transport.Limit(l)
 	met.Connections(conns.Open)
 	served := make(chan error, 2)
@@ -189,7 +197,7 @@ func (h hooks) CommandRan(o keysource.Outcome, took time.Duration, end time.Time
 	h.met.CommandRan(o, took, end)
 }
 
-func (h hooks) KeysChanged(set *codec.Set) {
-	h.met.KeysChanged(set)
-	h.health.SetLoaded(set != nil)
+func (h hooks) KeysChanged(keys []keysource.KeyInfo) {
+	h.met.KeysChanged(keys)
+	h.health.SetLoaded(keys != nil)
 }

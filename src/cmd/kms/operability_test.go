@@ -155,13 +155,19 @@ func TestHealthAndMetrics(t *testing.T) {
 	}
 
 	m := scrape(t, base)
-	for name, want := range map[string]float64{"kms_kek_loaded": 1, "kms_kek_keys": 2, "kms_build_info": 1} {
+	for name, want := range map[string]float64{"kms_kek_loaded": 1, "kms_kek_keys": 2, "kms_build_info": 1,
+		"kms_kek_timeout_seconds": timeout.Seconds(), "kms_kek_refresh_interval_seconds": timeout.Seconds() / 5} {
 		if got := m.value(t, name); got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
 	if got := m.value(t, "kms_kek_command_runs_total", "outcome=success"); got != 1 {
 		t.Errorf("successful runs %v, want 1", got)
+	}
+	for id, role := range map[string]string{keyID(k1): "primary", keyID(k2): "listed"} {
+		if got := m.value(t, "kms_kek_key_info", "key_id="+id, "role="+role); got != 1 {
+			t.Errorf("kms_kek_key_info{key_id=%s,role=%s} = %v, want 1", id, role, got)
+		}
 	}
 	if got := m.value(t, "kms_kek_seconds_since_last_success"); got <= 0 || got > 60 {
 		t.Errorf("kms_kek_seconds_since_last_success = %v", got)

@@ -70,7 +70,7 @@ func TestHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"Usage:", "--size", "--raw", "--force", "--add", "0600"} {
+	for _, want := range []string{"Usage:", "--size", "--raw", "--force", "--add", "--add-secondary", "--promote", "--retire", "0600"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("--help lacks %q:\n%s", want, out)
 		}
@@ -86,7 +86,10 @@ func TestUsageErrors(t *testing.T) {
 		{nil, "exactly one FILE"},
 		{[]string{f, f}, "exactly one FILE"},
 		{[]string{"--size", "20", f}, "--size 20"},
-		{[]string{"--add", "--raw", f}, "does not go with"},
+		{[]string{"--add", "--raw", f}, "only go with a new file"},
+		{[]string{"--add", "--add-secondary", f}, "separate steps"},
+		{[]string{"--promote", "kek1-00", f}, `key_id "kek1-00"`},
+		{[]string{"--retire", "x", "--force", f}, "only go with a new file"},
 		{[]string{"--bogus", f}, "unknown flag"},
 	} {
 		_, errOut, code := kekGen(t, tc.args...)
@@ -290,5 +293,53 @@ func assertNoTempFiles(t *testing.T, dir string, want ...string) {
 	}
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Fatalf("%s holds %v, want %v (temp files left behind?)", dir, got, want)
+	}
+}
+
+// The two phases of a rotation on a file that every node's daemon reads:
+// a key added for decryption only, then promoted, then the old one retired.
+func TestTwoPhaseRotation(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "kek")
+	mustGen(t, f)
+	first, _ := parseFile(t, f)
+	old := first.Keys[0].ID.String()
+
+	out := mustGen(t, "--add-secondary", f)
+	r, _ := parseFile(t, f)
+	if len(r.Keys) != 2 || r.Keys[0].ID.String() != old {
+		t.Fatalf("--add-secondary changed the primary or added no key: %d keys", len(r.Keys))
+	}
+	added := r.Keys[1].ID.String()
+	if !strings.Contains(out, "added key_id "+added+" (decrypt only)") || !strings.Contains(out, "primary key_id "+old) {
+		t.Fatalf("stdout: %s", out)
+	}
+	noSecretIn(t, out, r)
+
+	out = mustGen(t, "--promote", added, f)
+	if r, _ = parseFile(t, f); r.Keys[0].ID.String() != added || r.Keys[1].ID.String() != old {
+		t.Fatalf("--promote: keys %v", r.Keys)
+	}
+	if !strings.Contains(out, "promoted key_id "+added) {
+		t.Fatalf("stdout: %s", out)
+	}
+	if out = mustGen(t, "--promote", added, f); !strings.Contains(out, "already the primary; nothing changed") {
+		t.Fatalf("promoting twice: %s", out)
+	}
+
+	if _, errOut, code := kekGen(t, "--retire", added, f); code != 1 || !strings.Contains(errOut, "is the primary: promote another key first") {
+		t.Fatalf("retiring the primary: exit %d, %q", code, errOut)
+	}
+	out = mustGen(t, "--retire", old, f)
+	if r, _ = parseFile(t, f); len(r.Keys) != 1 || r.Keys[0].ID.String() != added {
+		t.Fatalf("--retire: %d keys", len(r.Keys))
+	}
+	if !strings.Contains(out, "retired key_id "+old) {
+		t.Fatalf("stdout: %s", out)
+	}
+	if _, errOut, code := kekGen(t, "--retire", old, f); code != 1 || !strings.Contains(errOut, "holds no key "+old) {
+		t.Fatalf("retiring twice: exit %d, %q", code, errOut)
+	}
+	if m := mode(t, f); m != 0o600 {
+		t.Fatalf("mode %v, want 0600", m)
 	}
 }
