@@ -38,7 +38,6 @@ type Cluster struct {
 	env       []string
 	providers []Provider // first writes
 	http      *http.Client
-	keyTools  *bool // see haveKeyTools
 }
 
 type node struct {
@@ -310,8 +309,13 @@ func (c *Cluster) ShCode(t testing.TB, cmdline string) (stdout, stderr string, c
 	if _, ok := err.(*exec.ExitError); err != nil && !ok {
 		t.Fatal(err)
 	}
-	t.Logf("$ %s  # exit %d%s", cmdline, cmd.ProcessState.ExitCode(), indent(out.String(), 6))
-	return out.String(), errOut.String(), cmd.ProcessState.ExitCode()
+	code = cmd.ProcessState.ExitCode()
+	shown := out.String()
+	if code != 0 {
+		shown += errOut.String()
+	}
+	t.Logf("$ %s  # exit %d%s", cmdline, code, indent(shown, 6))
+	return out.String(), errOut.String(), code
 }
 
 // indent shows the first lines of a command's output under it.

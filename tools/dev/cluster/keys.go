@@ -3,28 +3,22 @@ package cluster
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"regexp"
-	"slices"
-	"strings"
 	"testing"
+	"time"
 )
 
-// The operator's key commands, run as an operator runs them: kek-gen on
-// the keyring files, kill -HUP to the daemons, kms status to see what each
-// daemon holds. Until kek-gen --add-secondary/--promote/--retire and
-// kms status exist on main, emulate.go stands in for them.
-
-var keyIDPattern = regexp.MustCompile(`kek1-[0-9a-f]{32}`)
+// The operator's key commands (docs/rotation.md), run as an operator runs
+// them: kek-gen on a node's keyring file, kms refresh or kill -HUP to make
+// its daemon read it now, kms status to see what the daemon holds.
 
 // AddSecondary adds a new random key, decrypt-only, to n's keyring and
 // returns its key_id.
 func (c *Cluster) AddSecondary(t testing.TB, n *node) string {
 	t.Helper()
-	if !c.haveKeyTools(t) {
-		return emulateAddSecondary(t, n.keyring)
-	}
 	out := c.Sh(t, "kek-gen --add-secondary "+n.keyring)
-	m := regexp.MustCompile(`added key_id (kek1-[0-9a-f]{32})`).FindStringSubmatch(out)
+	m := regexp.MustCompile(`added key_id (kek1-[0-9a-f]{32}) \(decrypt only\)`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("kek-gen --add-secondary printed no key_id: %q", out)
 	}
@@ -34,102 +28,93 @@ func (c *Cluster) AddSecondary(t testing.TB, n *node) string {
 // Promote makes id the primary key of n's keyring.
 func (c *Cluster) Promote(t testing.TB, n *node, id string) {
 	t.Helper()
-	if !c.haveKeyTools(t) {
-		emulateEdit(t, n.keyring, "promote", id)
-		return
-	}
 	c.Sh(t, fmt.Sprintf("kek-gen --promote %s %s", id, n.keyring))
 }
 
 // Retire removes id from n's keyring.
 func (c *Cluster) Retire(t testing.TB, n *node, id string) {
 	t.Helper()
-	if !c.haveKeyTools(t) {
-		emulateEdit(t, n.keyring, "retire", id)
-		return
-	}
 	c.Sh(t, fmt.Sprintf("kek-gen --retire %s %s", id, n.keyring))
 }
 
-// Reload sends SIGHUP to n's kms: it re-runs its command now.
-func (c *Cluster) Reload(t testing.TB, n *node) {
+// distribute copies the first node's keyring to the others and has every
+// daemon read it, as step 1 of docs/rotation.md says.
+func (c *Cluster) distribute(t testing.TB) {
+	t.Helper()
+	for _, n := range c.Nodes {
+		if n != c.Nodes[0] {
+			c.copyKeyring(t, n)
+		}
+		c.Refresh(t, n)
+	}
+}
+
+// Refresh makes n's kms run its command now and waits for that run.
+func (c *Cluster) Refresh(t testing.TB, n *node) {
+	t.Helper()
+	c.Sh(t, "kms refresh --endpoint unix://"+n.socket)
+}
+
+// HUP sends SIGHUP to n's kms, which then runs its command (without
+// waiting for it: see WaitKeys).
+func (c *Cluster) HUP(t testing.TB, n *node) {
 	t.Helper()
 	c.Sh(t, fmt.Sprintf("kill -HUP %d", n.kms.pid()))
 }
 
-// KeyStatus is what a running daemon holds.
-type KeyStatus struct {
-	Primary string
-	Held    []string // every key_id, primary included; nil when emulated
-	NKeys   int      // len(Held)
-}
+// Keys is what kms status says a daemon holds: key_id -> role (primary,
+// listed, unlisted).
+type Keys map[string]string
 
-// Status asks n's running kms which keys it holds. It fails the test
-// unless the daemon answers and is healthy.
-func (c *Cluster) Status(t testing.TB, n *node) KeyStatus {
+// Status runs kms status on n and returns the keys its daemon holds. It
+// fails the test unless the daemon answers and serves.
+func (c *Cluster) Status(t testing.TB, n *node) Keys {
 	t.Helper()
-	if !c.haveKeyTools(t) {
-		return c.emulateStatus(t, n)
-	}
 	out := c.Sh(t, "kms status --output json --endpoint unix://"+n.socket)
-	// The JSON field names are the lead's to choose: take the primary from
-	// the field whose name says so and every key_id anywhere.
-	var doc map[string]any
-	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+	var s struct {
+		Serving bool
+		Primary string
+		Keys    []struct {
+			KeyID string `json:"key_id"`
+			Role  string
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
 		t.Fatalf("kms status --output json: %v: %q", err, out)
 	}
-	var s KeyStatus
-	for k, v := range doc {
-		if id, ok := v.(string); ok && strings.Contains(strings.ToLower(k), "primary") && keyIDPattern.MatchString(id) {
-			s.Primary = id
-		}
+	keys := Keys{}
+	for _, k := range s.Keys {
+		keys[k.KeyID] = k.Role
 	}
-	for _, id := range keyIDPattern.FindAllString(out, -1) {
-		if !slices.Contains(s.Held, id) {
-			s.Held = append(s.Held, id)
-		}
+	if !s.Serving || keys[s.Primary] != "primary" {
+		t.Fatalf("%s: kms status: %s", n.name, out)
 	}
-	s.NKeys = len(s.Held)
-	if s.Primary == "" {
-		t.Fatalf("kms status names no primary key_id: %s", out)
-	}
-	return s
+	return keys
 }
 
-// WantKeys checks, with kms status on every node, that each daemon's
-// primary is primary and that it holds the keys held (exactly those when
-// exact: after a restart, retired keys are gone from memory too).
-func (c *Cluster) WantKeys(t testing.TB, primary string, exact bool, held ...string) {
+// WantKeys checks with kms status that every node's daemon holds exactly
+// want.
+func (c *Cluster) WantKeys(t testing.TB, want Keys) {
 	t.Helper()
 	for _, n := range c.Nodes {
-		s := c.Status(t, n)
-		ok := s.Primary == primary
-		if s.Held != nil {
-			for _, id := range held {
-				ok = ok && slices.Contains(s.Held, id)
-			}
-			ok = ok && (!exact || s.NKeys == len(held))
-		} else { // emulated: the daemon tells only how many
-			ok = ok && (s.NKeys == len(held) || !exact && s.NKeys > len(held))
-		}
-		if !ok {
-			t.Fatalf("%s: kms holds %+v; want primary %s, holding %v (exactly: %v)", n.name, s, primary, held, exact)
+		if got := c.Status(t, n); !maps.Equal(got, want) {
+			t.Fatalf("%s: kms holds %v, want %v", n.name, got, want)
 		}
 	}
 }
 
-// haveKeyTools says whether kek-gen and kms have the rotation commands
-// (kek-gen --add-secondary, kms status), checked once.
-func (c *Cluster) haveKeyTools(t testing.TB) bool {
+// WaitKeys waits until n's daemon holds exactly want (after a kill -HUP).
+func (c *Cluster) WaitKeys(t testing.TB, n *node, want Keys) {
 	t.Helper()
-	if c.keyTools == nil {
-		_, _, code := c.ShCode(t, "kms status --help >/dev/null 2>&1")
-		help, _, _ := c.ShCode(t, "kek-gen --help 2>&1")
-		have := code == 0 && strings.Contains(help, "--add-secondary")
-		if !have {
-			t.Logf("kek-gen --add-secondary/--promote/--retire or kms status missing: EMULATED by keyring edits (emulate.go)")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := c.Status(t, n)
+		if maps.Equal(got, want) {
+			return
 		}
-		c.keyTools = &have
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: kms holds %v, want %v", n.name, got, want)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
-	return *c.keyTools
 }

@@ -74,7 +74,7 @@ type Phase struct {
 }
 
 const (
-	writesPerSecond = 4  // per node
+	writesPerSecond = 1  // per node: each is one more object for the rewrite
 	readsPerSecond  = 20 // per node
 )
 

@@ -39,6 +39,17 @@ func (c *Cluster) Stored(t testing.TB) map[string]string {
 	return where
 }
 
+// StoredKey is where the Secret at etcd key is stored (see Stored).
+func (c *Cluster) StoredKey(t testing.TB, key string) string {
+	t.Helper()
+	raw := c.Sh(t, "etcdctl get "+key+" --print-value-only")
+	w, err := whereStored([]byte(strings.TrimSuffix(raw, "\n")))
+	if err != nil {
+		t.Fatalf("etcd %s: %v", key, err)
+	}
+	return w
+}
+
 func whereStored(v []byte) (string, error) {
 	rest, ok := bytes.CutPrefix(v, []byte("k8s:enc:kms:"))
 	if !ok || len(rest) < 4 {
@@ -57,8 +68,8 @@ func whereStored(v []byte) (string, error) {
 		}
 		return "v2:" + string(name) + ":" + eo.KeyID, nil
 	case "v1":
-		// uint16 length of the encrypted DEK, then kms's ciphertext:
-		// ":ck:v2:aesgcm:" (or aescbc), the key's 16-byte id, ...
+		// The length of the encrypted DEK (2 bytes), then kms's ciphertext
+		// of it: ":ck:v2:aesgcm:" (or aescbc), the key's 16-byte id, ...
 		if len(rest) < 2 {
 			return "", fmt.Errorf("v1: truncated")
 		}
@@ -71,38 +82,36 @@ func whereStored(v []byte) (string, error) {
 	return "", fmt.Errorf("unknown KMS API %q", api)
 }
 
-// count tallies values by where they are stored.
-func count(where map[string]string) map[string]int {
+// WantStored checks that every Secret in etcd, and at least min of them,
+// is stored under provider p and key_id id, and that what an operator sees
+// with etcdctl (docs/verify.md) says the same.
+func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) {
+	t.Helper()
+	where := c.Stored(t)
+	want := p.API + ":" + p.Name + ":" + id
 	n := map[string]int{}
 	for _, w := range where {
 		n[w]++
 	}
-	return n
-}
-
-// WantStored checks that every Secret in etcd, and at least min of them,
-// is stored under provider p and key_id id, and that the runbook's census
-// (etcdctl and grep) says the same.
-func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) map[string]string {
-	t.Helper()
-	where := c.Stored(t)
-	want := p.API + ":" + p.Name + ":" + id
-	if n := count(where); n[want] != len(where) || len(where) < min {
+	if n[want] != len(where) || len(where) < min {
 		t.Fatalf("secrets in etcd by where stored: %v; want all (at least %d) at %s", n, min, want)
 	}
-	// What an operator can run: the key_ids of KMS v2 values (v1 values
-	// carry their key id in binary), or the provider prefixes.
-	grep := `grep -a -o 'kek1-[0-9a-f]\{32\}'`
-	census := id
+
+	// The start of one value, and a census of the key_ids of KMS v2 values
+	// (v1 values carry their key id in binary: count their provider
+	// prefixes instead).
+	od := c.Sh(t, "etcdctl get /registry/secrets/drill/drill-0000 --print-value-only | head -c 64 | od -c | head -3")
+	if got := odText(od); !strings.HasPrefix(got, p.prefix()) {
+		t.Fatalf("od -c of a stored value shows %q, want %s…", got, p.prefix())
+	}
+	grep, census := `grep -ao 'kek1-[0-9a-f]\{32\}'`, id
 	if p.API == "v1" {
-		grep = `grep -a -o '^k8s:enc:kms:v1:[a-z0-9-]*:'`
-		census = p.prefix()
+		grep, census = `grep -ao '^k8s:enc:kms:v1:[a-z0-9-]*:'`, p.prefix()
 	}
 	out := c.Sh(t, "etcdctl get /registry/secrets/ --prefix --print-value-only | "+grep+" | sort | uniq -c")
 	got := map[string]int{}
 	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.Fields(l)
-		if len(f) == 2 {
+		if f := strings.Fields(l); len(f) == 2 {
 			got[f[1]], _ = strconv.Atoi(f[0])
 		}
 	}
@@ -110,5 +119,15 @@ func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) map[s
 	if len(got) != 1 || got[census] < len(where) {
 		t.Fatalf("census by etcdctl and grep: %v; want only %s, at least %d", got, census, len(where))
 	}
-	return where
+}
+
+// odText is the characters od -c shows, without offsets and padding.
+func odText(od string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(od, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			b.WriteString(strings.Join(f[1:], ""))
+		}
+	}
+	return b.String()
 }
