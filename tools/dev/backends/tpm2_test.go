@@ -132,7 +132,7 @@ func TestTPM2(t *testing.T) {
 	command := dropinCommand(t, "tpm2.conf", creds)
 	check(t, command, primary)
 
-	d := startDaemon(t, command, 10*time.Second, 8*time.Second)
+	d := startDaemon(t, command, 10*time.Second, 7*time.Second)
 	d.outage(t, primary, tpm.changePCR7, tpm.reboot)
 	d.rotate(t, primary, seal)
 	d.stop(t, ring)
