@@ -4,7 +4,7 @@
 # provenance as signed attestations, verifies them, and writes the air-gap bundle
 # (docs/airgap.md): image with signature and attestations, static binaries for each
 # architecture, systemd units, deploy manifests, SBOM, provenance, public key, and a
-# SHA256SUMS of all of it, signed.
+# SHA256SUMS of all of it, signed (SHA256SUMS.sigstore.json).
 #
 #   COSIGN_PASSWORD=... release/release.sh --repository HOST/NAME[:TAG] --key cosign.key [--out DIR]
 #
@@ -100,11 +100,17 @@ done
 # `cosign save` writes the image with its signature and attestations as one OCI layout,
 # which `cosign verify --local-image` checks and `cosign load` pushes.
 "$COSIGN" save --dir "$dir/image" "$ref"
+# Modes as a package would have them (cosign save writes some files 0755).
+find "$dir" -type d -exec chmod 0755 {} +
+find "$dir" -type f -exec chmod 0644 {} +
+chmod 0755 "$dir"/bin/*/*
 # Every file of the bundle, checksummed; the list signed with the release key.
 (cd "$dir" && find . -type f -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum) >"$out/SHA256SUMS"
 mv "$out/SHA256SUMS" "$dir/SHA256SUMS"
-"$COSIGN" sign-blob --key "$key" "${offline[@]}" --output-signature "$dir/SHA256SUMS.sig" "$dir/SHA256SUMS" >/dev/null
-"$COSIGN" verify-blob --key "$out/cosign.pub" --insecure-ignore-tlog --signature "$dir/SHA256SUMS.sig" "$dir/SHA256SUMS"
+# (A Sigstore bundle: the new format has no cosign load bug to avoid here.)
+"$COSIGN" sign-blob --key "$key" --use-signing-config=false --tlog-upload=false -y \
+	--bundle "$dir/SHA256SUMS.sigstore.json" "$dir/SHA256SUMS" >/dev/null
+"$COSIGN" verify-blob --key "$out/cosign.pub" --insecure-ignore-tlog --bundle "$dir/SHA256SUMS.sigstore.json" "$dir/SHA256SUMS"
 tar -C "$out" --sort=name --owner=0 --group=0 --numeric-owner -cf "$dir.tar" "$bundle"
 
 echo "$ref"
