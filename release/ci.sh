@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
-# The slow release checks, for .ci/run (cosign is built once and cached; 28 min measured from
-# a fresh clone on a busy 2-core machine, most of it the two clean builds, 10 min each):
+# The slow release checks, for .ci/run (cosign is built once and cached); docs/release.md
+# ("CI") lists them and gives the measured time:
 #   1. reproducibility: two stamped builds of HEAD from clean output bases in different
-#      directories give the same image manifest digest (both printed);
-#   2. release/release.sh against a loopback registry: push, sign, SBOM attestation, verify,
-#      air-gap bundle; then the image pulled back by digest is byte-equal to the build;
-#   3. the image runs: //release:image_test unpacks it and runs the daemon with
-#      chroot --userspec=65532:65532 and the bundled kek-file, and calls it over its socket;
-#   4. cosign: verify fails with a wrong key; the bundle verifies offline; `cosign load` of
-#      the bundle into a second registry verifies there;
-#   5. metadata: the licenses annotation and the SBOM's declared license; SOURCE_DATE_EPOCH
-#      reaches the image through tools/bazel (a different time gives a different digest).
-# Needs root (tools/bazel's chroot) and the network to the Go module proxy and apt mirror.
-# Downloads are shared by every output base (the Go module cache and Bazel's repository
-# cache); the two reproducibility builds share no outputs and no action cache.
-# Exits non-zero if any check fails. On any exit it stops the registries and the Bazel
-# servers it started and removes its temporary directory.
+#      directories give the same image index digest (printed, with each platform's);
+#   2. names: an unstamped build is "devel" in the image, in `podman load` and in
+#      `kms --version`; a stamped one is its version in all three;
+#   3. metadata: SOURCE_DATE_EPOCH reaches the image; licenses annotation and SBOM license;
+#   4. release/release.sh against a loopback registry; the index pulled back by digest is
+#      byte-equal to the build;
+#   5. both images run: //release:image_test (amd64) and //release:image_test_arm64 (under
+#      qemu-user) unpack them, run the daemon with chroot --userspec=65532:65532 and the
+#      bundled kek-file, and call KMS v1beta1 and v2 over its socket;
+#   6. cosign: signature, SBOM and SLSA provenance verify and fail with a wrong key; the
+#      provenance names HEAD, the build command and the pushed digest;
+#   7. the air-gap sequence of docs/airgap.md, taken from the bundle's own copy, verifies
+#      and loads the bundle into a TLS registry on loopback, then verifies there; it fails on
+#      a changed binary, a re-summed bundle and an extra file.
+# Needs root (tools/bazel's chroot, the image tests) and the network to the Go module proxy
+# and apt mirror. Downloads are shared by every output base (the Go module cache and
+# Bazel's repository cache); the two reproducibility builds share no outputs and no action
+# cache. Exits non-zero if any check fails. On any exit it stops the registries and the
+# Bazel servers it started and removes its temporary directory.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -45,7 +50,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 started=$SECONDS
-phase() { echo "release/ci: --- $* ($((SECONDS - started)) s)"; }
+phase() { echo "release/ci: --- $* ($((SECONDS - started)) s, load $(cut -d' ' -f1-3 /proc/loadavg))"; }
 
 check() { # NAME COMMAND...: runs a check, counts it, never stops the run
 	local name=$1
@@ -58,22 +63,35 @@ check() { # NAME COMMAND...: runs a check, counts it, never stops the run
 		failed=$((failed + 1))
 	fi
 }
-# The attestation's payload is the whole SBOM: kept out of the log, errors are not.
+# Attestation payloads are whole documents: kept out of the log, errors are not.
 quiet() { "$@" >/dev/null; }
 
 cd "$repo_root"
-command -v jq >/dev/null || die "release/ci.sh reads the image's JSON with jq: apt-get install jq"
+for tool in jq podman openssl; do
+	command -v "$tool" >/dev/null || die "release/ci.sh needs $tool: apt-get install $tool"
+done
 ensure_cosign
 ensure_registry
 flags=(--stamp)
 
+# blob LAYOUT DIGEST: the blob's path in an OCI layout.
+blob() { echo "$1/blobs/sha256/${2#sha256:}"; }
+# index_digest LAYOUT: the digest of the layout's one entry (the index).
+index_digest() { jq -r '.manifests[0].digest' "$1/index.json"; }
+# platforms LAYOUT: "linux/ARCH DIGEST" of each image of the index.
+platforms() { jq -r '.manifests[] | "\(.platform.os)/\(.platform.architecture) \(.digest)"' "$(blob "$1" "$(index_digest "$1")")"; }
+# annotation LAYOUT KEY: an annotation of the index.
+annotation() { jq -r --arg k "$2" '.annotations[$k]' "$(blob "$1" "$(index_digest "$1")")"; }
+
 # 1. Two clean builds of HEAD, in directories of different names and depths.
-repro_build() { # DIR OUTPUT_BASE: prints the manifest digest
-	local dir=$1 ob=$2
+repro_build() { # DIR OUTPUT_BASE: prints the index digest, and each platform's on stderr
+	local dir=$1 ob=$2 out
 	mkdir -p "$(dirname "$dir")"
 	git clone -q --no-hardlinks "$repo_root" "$dir"
 	(cd "$dir" && nice -n 10 tools/bazel --output_base="$ob" build "${flags[@]}" //release:image >&2 &&
-		cat "$(tools/bazel --output_base="$ob" info bazel-bin 2>/dev/null)/release/image.digest" &&
+		out=$(tools/bazel --output_base="$ob" info bazel-bin 2>/dev/null)/release &&
+		platforms "$out/image" | sed 's/^/release\/ci:   /' >&2 &&
+		cat "$out/image.digest" &&
 		tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
 }
 phase "reproducibility: two clean builds of $(git rev-parse --short HEAD)"
@@ -83,32 +101,56 @@ digest_a=$(repro_build "$work/a/kms" "$work/ob-a") || digest_a=
 phase "reproducibility: build 1 done"
 digest_b=$(repro_build "$work/bb/cc/kms-copy" "$work/ob-b") || digest_b=
 phase "reproducibility: build 2 done"
-echo "release/ci: reproducibility: build 1 ($work/a/kms): $digest_a"
-echo "release/ci: reproducibility: build 2 ($work/bb/cc/kms-copy): $digest_b"
-check "reproducible image digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"
+echo "release/ci: reproducibility: build 1 ($work/a/kms): index $digest_a"
+echo "release/ci: reproducibility: build 2 ($work/bb/cc/kms-copy): index $digest_b"
+check "reproducible image index digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"
 
-# 5. Metadata, and SOURCE_DATE_EPOCH through tools/bazel (before release.sh, whose
-# build without it puts the last commit's time back).
 bin=$(tools/bazel info "${flags[@]}" bazel-bin 2>/dev/null)
-blob() { # DIGEST: the blob's path in the built layout
-	echo "$bin/release/image/blobs/sha256/${1#sha256:}"
+# podman_name ARCHIVE: the names `podman load` gives the archive, in a private store.
+podman_name() {
+	local store=$work/podman
+	rm -rf "$store"
+	podman --root "$store/root" --runroot "$store/run" --storage-driver vfs --events-backend file \
+		load -q -i "$1" >&2 &&
+		podman --root "$store/root" --runroot "$store/run" --storage-driver vfs --events-backend file \
+			images --format '{{.Repository}}:{{.Tag}}'
 }
+# names VERSION: the image, podman and kms --version all call the build VERSION.
+names() {
+	local version=$1 got_ann got_podman got_kms
+	got_ann=$(annotation "$bin/release/image" org.opencontainers.image.version)
+	got_podman=$(podman_name "$bin/release/archive.tar") || got_podman=
+	got_kms=$("$bin/release/binaries_amd64/kms" --version) || got_kms=
+	echo "release/ci: version annotation: $got_ann; podman load: $got_podman; kms --version: $got_kms"
+	[[ $got_ann == "$version" && $got_podman == "localhost/kms:$version" && $got_kms == "kms $version "* ]]
+}
+
+# 2. What an unstamped build and a stamped one are called.
+phase "names: unstamped build"
+nice -n 10 tools/bazel build //release:image //release:archive //release:binaries_amd64
+check "unstamped: devel in the image, podman load and kms --version" names devel
+
+# 3. Metadata, and SOURCE_DATE_EPOCH through tools/bazel (before release.sh, whose build
+# without it puts the last commit's time back).
 phase "SOURCE_DATE_EPOCH=1000000000 stamped build"
-SOURCE_DATE_EPOCH=1000000000 nice -n 10 tools/bazel build "${flags[@]}" //release:image //release:sbom
+SOURCE_DATE_EPOCH=1000000000 nice -n 10 tools/bazel build "${flags[@]}" //release:image //release:sbom //release:archive //release:binaries_amd64
+version=$(git describe --tags --always --dirty)
+check "stamped: $version in the image, podman load and kms --version" names "$version"
 epoch_digest=$(cat "$bin/release/image.digest" 2>/dev/null) || epoch_digest=
-epoch_created=$(jq -r .created "$(blob "$(jq -r .config.digest "$(blob "$epoch_digest")")")" 2>/dev/null) || epoch_created=
-echo "release/ci: SOURCE_DATE_EPOCH=1000000000: $epoch_digest created $epoch_created"
+amd64=$(platforms "$bin/release/image" | awk '$1 == "linux/amd64" { print $2 }')
+epoch_created=$(jq -r .created "$(blob "$bin/release/image" "$(jq -r .config.digest "$(blob "$bin/release/image" "$amd64")")")" 2>/dev/null) || epoch_created=
+echo "release/ci: SOURCE_DATE_EPOCH=1000000000: index $epoch_digest, linux/amd64 image created $epoch_created"
 check "SOURCE_DATE_EPOCH sets the image time" test "$epoch_created" = 2001-09-09T01:46:40Z
 check "SOURCE_DATE_EPOCH changes the digest" test -n "$epoch_digest" -a "$epoch_digest" != "$digest_a"
-licenses=$(jq -r '.annotations["org.opencontainers.image.licenses"]' "$(blob "$epoch_digest")" 2>/dev/null) || licenses=
-echo "release/ci: manifest annotation org.opencontainers.image.licenses: $licenses"
+licenses=$(annotation "$bin/release/image" org.opencontainers.image.licenses)
+echo "release/ci: index annotation org.opencontainers.image.licenses: $licenses"
 check "image licenses annotation" test "$licenses" = Apache-2.0
 sbom_licenses=$(jq -r '[.packages[] | select(.primaryPackagePurpose == "CONTAINER" or .primaryPackagePurpose == "APPLICATION") | .licenseDeclared] | unique | join(" ")' \
 	"$bin/release/sbom.spdx.json" 2>/dev/null) || sbom_licenses=
 echo "release/ci: SBOM licenseDeclared of the image and its binaries: $sbom_licenses"
 check "SBOM declares the license" test "$sbom_licenses" = Apache-2.0
 
-# 2. The release script against a loopback registry.
+# 4. The release script against a loopback registry.
 phase "release.sh against a loopback registry"
 reg=$(start_registry "$work/registry-main")
 export COSIGN_PASSWORD=ci-only-password
@@ -129,42 +171,95 @@ phase "pull back by digest"
 check "pull back by digest is byte-equal" \
 	tools/bazel run "${flags[@]}" //release/cmd/pullcheck -- --layout "$bin/release/image" --reference "$ref"
 
-# 3. The image, as a kubelet would run it.
-phase "image test"
-check "image runs as 65532 with no shell and serves KMS v2/v1beta1" \
-	tools/bazel test "${flags[@]}" --test_output=all //release:image_test
+# 5. The images, as a kubelet would run them.
+phase "image tests (amd64 natively, arm64 under qemu-user)"
+check "both images run as 65532 with no shell and serve KMS v2/v1beta1" \
+	tools/bazel test "${flags[@]}" --test_output=all //release:image_test //release:image_test_arm64
 
-# 4. cosign checks a user would run.
+# 6. cosign checks a user would run.
 phase "cosign"
 verify() { # KEY REF [extra flags]
 	local key=$1 r=$2
 	shift 2
 	"$COSIGN" verify --key "$key" --insecure-ignore-tlog "$@" "$r"
 }
-wrong_key() { # verify with a key that did not sign: must fail
+fails() { # COMMAND...: must fail
 	local rc=0
-	verify "$work/wrong/cosign.pub" "$ref" --allow-http-registry || rc=$?
-	echo "release/ci: cosign verify with the wrong key exited $rc"
+	"$@" >/dev/null 2>&1 || rc=$?
+	echo "release/ci: exited $rc: $*"
 	((rc != 0))
 }
-echo "release/ci: cosign verify with the release key:"
-check "cosign verify (right key)" verify "$work/dist/cosign.pub" "$ref" --allow-http-registry
-echo "release/ci: cosign verify with a wrong key (must fail):"
-check "cosign verify fails with a wrong key" wrong_key
-check "cosign verify-attestation (SPDX SBOM)" quiet "$COSIGN" verify-attestation --key "$work/dist/cosign.pub" --type spdxjson \
-	--insecure-ignore-tlog --allow-http-registry "$ref"
+attestation() { # TYPE KEY: the verified in-toto statement
+	"$COSIGN" verify-attestation --key "$2" --type "$1" --insecure-ignore-tlog --allow-http-registry "$ref" |
+		head -1 | jq -r .payload | base64 -d
+}
+pub=$work/dist/cosign.pub
+check "cosign verify (right key)" quiet verify "$pub" "$ref" --allow-http-registry
+check "cosign verify fails with a wrong key" fails verify "$work/wrong/cosign.pub" "$ref" --allow-http-registry
+for type in spdxjson slsaprovenance1; do
+	check "cosign verify-attestation $type" quiet attestation "$type" "$pub"
+	check "cosign verify-attestation $type fails with a wrong key" fails attestation "$type" "$work/wrong/cosign.pub"
+done
+statement=$(attestation slsaprovenance1 "$pub") || statement='{}'
+provenance_says() { # JQ_FILTER: must print true
+	local got
+	got=$(jq -r "$1" <<<"$statement")
+	[[ $got == true ]] || { echo "release/ci: provenance: $1 is $got" && return 1; }
+}
+echo "release/ci: provenance: $(jq -c '{predicateType, subject, source: .predicate.buildDefinition.externalParameters.source,
+	command: .predicate.buildDefinition.externalParameters.command, builder: .predicate.runDetails.builder}' <<<"$statement")"
+check "provenance: SLSA v1, subject is the pushed index" provenance_says \
+	".predicateType == \"https://slsa.dev/provenance/v1\" and .subject[0].digest.sha256 == \"${built#sha256:}\""
+check "provenance: source is HEAD" provenance_says \
+	".predicate.buildDefinition.externalParameters.source == \"git+https://github.com/cmdkms/kms@$(git rev-parse HEAD)\""
+check "provenance: the build command built //release:image" provenance_says \
+	'.predicate.buildDefinition.externalParameters.command | (.[0] == "tools/bazel" and index("//release:image") != null)'
+check "provenance: inputs are the commit, go.sum's modules and the Debian lock" provenance_says \
+	"[.predicate.buildDefinition.resolvedDependencies[] | .digest | keys[0]] | (index(\"gitCommit\") != null and index(\"dirHash\") != null and
+	 (map(select(. == \"sha256\")) | length) == $(jq '.packages | length' release/debian.lock.json))"
+check "provenance: byproducts are both images and the bundle's binaries" provenance_says \
+	"[.predicate.runDetails.byproducts[].name] | (index(\"image linux/amd64\") != null and index(\"image linux/arm64\") != null and index(\"bin/linux-arm64/kms\") != null)"
 
+# 7. The air-gap sequence, as docs/airgap.md gives it, from the bundle's own copy.
+phase "air-gap: the documented sequence against a TLS registry"
 bundle=$(echo "$work"/dist/kms-*.tar)
 mkdir -p "$work/airgap"
-tar -C "$work/airgap" -xf "$bundle" || echo "release/ci: no air-gap bundle ($bundle)"
-dir=$(echo "$work"/airgap/kms-*)
-echo "release/ci: offline verify of the air-gap bundle:"
-check "offline verify of the bundle" verify "$dir/cosign.pub" "$dir/image" --local-image
-check "offline verify-attestation of the bundle" quiet "$COSIGN" verify-attestation --local-image --key "$dir/cosign.pub" \
-	--type spdxjson --insecure-ignore-tlog "$dir/image"
-private=$(start_registry "$work/registry-private")
-check "cosign load of the bundle into a second registry" "$COSIGN" load --allow-http-registry --dir "$dir/image" "$private/mirror/kms"
-check "verify in the second registry" verify "$dir/cosign.pub" "$private/mirror/kms@$(<"$dir/DIGEST")" --allow-http-registry
+tar -C "$work/airgap" -xf "$bundle" --wildcards '*/AIRGAP.md'
+sequence=$(awk '/^<!-- release\/ci.sh runs the next block verbatim -->$/ { on = 1; next }
+	on && /^```sh$/ { body = 1; next } body && /^```$/ { exit } body { print }' "$work"/airgap/kms-*/AIRGAP.md)
+site=$(start_registry "$work/registry-site" tls)
+airgap() { # NAME BUNDLE: runs the sequence in a fresh directory; its output in $work/NAME.log
+	local d=$work/$1
+	mkdir -p "$d"
+	(cd "$d" && env BUNDLE="$2" KEY="$pub" REGISTRY="$site" SSL_CERT_FILE="$work/registry-site/ca.crt" \
+		PATH="$(dirname "$COSIGN"):$PATH" bash -c "$sequence") >"$work/$1.log" 2>&1
+}
+echo "release/ci: the sequence:"
+sed 's/^/    /' <<<"$sequence"
+check "air-gap sequence: verify everything offline, load into the site registry, verify there" airgap site "$bundle"
+sed 's/^/    /' "$work/site.log"
+# Tampered copies, each under the original's name: the sequence must stop before loading.
+tampered() { # NAME EDIT...: a copy of the bundle changed by EDIT (run in its directory)
+	local d=$work/$1
+	mkdir -p "$d/in"
+	tar -C "$d/in" -xf "$bundle"
+	(cd "$d"/in/kms-* && "${@:2}")
+	tar -C "$d/in" -cf "$d/$(basename "$bundle")" "$(basename "$bundle" .tar)"
+	echo "$d/$(basename "$bundle")"
+}
+must_fail() { # NAME BUNDLE MESSAGE: the sequence fails, saying MESSAGE
+	if airgap "$1.run" "$2"; then
+		echo "release/ci: the sequence passed a bundle it must refuse ($1)"
+		return 1
+	fi
+	grep -q "$3" "$work/$1.run.log" || { cat "$work/$1.run.log" && return 1; }
+	echo "release/ci: refused ($1): $(grep -m1 "$3" "$work/$1.run.log")"
+}
+flip() { echo >>"$1"; }
+resum() { flip bin/linux-arm64/kms && find . -type f ! -name 'SHA256SUMS*' -printf '%P\n' | LC_ALL=C sort | xargs -d '\n' sha256sum >SHA256SUMS; }
+check "air-gap sequence refuses a changed binary" must_fail changed "$(tampered changed flip bin/linux-arm64/kms)" 'FAILED'
+check "air-gap sequence refuses a re-summed bundle (signature)" must_fail resummed "$(tampered resummed resum)" 'signature'
+check "air-gap sequence refuses an extra file" must_fail extra "$(tampered extra touch deploy/extra.yaml)" 'extra.yaml'
 
 phase "done"
 echo "release/ci: $passed passed, $failed failed"

@@ -8,7 +8,7 @@ one fetch the build works offline, and a mirror serving different bytes fails th
 
 MODULE.bazel:
     debian = use_extension("//release:debian.bzl", "debian")
-    use_repo(debian, "kms_debian")
+    use_repo(debian, "kms_debian", "kms_qemu")
 """
 
 def _words(s):
@@ -105,9 +105,12 @@ debian_packages = repository_rule(
 
 def _debian_impl(mctx):
     debian_packages(name = "kms_debian", lock = Label("//release:debian.lock.json"))
+    debian_packages(name = "kms_qemu", lock = Label("//release:qemu.lock.json"))
     return mctx.extension_metadata(reproducible = True)
 
 debian = module_extension(
     implementation = _debian_impl,
-    doc = "Creates @kms_debian with the packages of release/debian.lock.json.",
+    doc = """Creates @kms_debian with the packages of release/debian.lock.json (the image's
+base) and @kms_qemu with release/qemu.lock.json's (the emulator that runs the arm64 image
+in a test; fetched only when that test is built).""",
 )

@@ -75,11 +75,19 @@ ensure_registry() {
 	mv "$dir.partial" "$dir"
 }
 
-# start_registry DIR: runs a registry bound to 127.0.0.1 on a free port, storing in DIR;
-# prints 127.0.0.1:PORT. The caller stops it with stop_registry DIR.
+# start_registry DIR [tls]: runs a registry bound to 127.0.0.1 on a free port, storing in
+# DIR; prints 127.0.0.1:PORT. With "tls" it serves HTTPS, as a site's registry would, with a
+# fresh self-signed certificate for 127.0.0.1 in DIR/ca.crt (trust it with
+# SSL_CERT_FILE=DIR/ca.crt). The caller stops it with stop_registry DIR.
 start_registry() {
-	local dir=$1 port
+	local dir=$1 tls=${2:-} port tls_config=''
 	mkdir -p "$dir/data"
+	if [[ $tls == tls ]]; then
+		openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=127.0.0.1 \
+			-addext subjectAltName=IP:127.0.0.1 -keyout "$dir/tls.key" -out "$dir/ca.crt" 2>/dev/null ||
+			die "openssl could not make a certificate for the registry"
+		tls_config=$(printf '  tls:\n    certificate: %s\n    key: %s' "$dir/ca.crt" "$dir/tls.key")
+	fi
 	for _ in 1 2 3 4 5 6 7 8 9 10; do
 		port=$((20000 + RANDOM % 20000))
 		cat >"$dir/config.yml" <<-CONFIG
@@ -91,6 +99,7 @@ start_registry() {
 			    rootdirectory: $dir/data
 			http:
 			  addr: 127.0.0.1:$port
+			$tls_config
 		CONFIG
 		"$REGISTRY_BIN" serve "$dir/config.yml" >"$dir/log" 2>&1 &
 		echo $! >"$dir/pid"
@@ -124,4 +133,16 @@ cosign_registry_flags() { # REFERENCE
 	case $1 in
 	127.* | localhost:* | localhost/* | \[::1\]*) echo --allow-http-registry ;;
 	esac
+}
+
+# The Bazel that tools/bazel runs, for the provenance: Debian's build calls itself a
+# "development version", so name the package tools/bazel pins instead.
+bazel_version() {
+	local r
+	r=$("$repo_root/tools/bazel" info release 2>/dev/null) || r=unknown
+	if [[ $r == "development version" ]]; then
+		echo "Debian bazel-bootstrap $(sed -n 's/^readonly BAZEL_DEB_VERSION=//p' "$repo_root/tools/bazel")"
+	else
+		echo "${r#release }"
+	fi
 }

@@ -108,13 +108,25 @@ func BaseLayer(debs []Deb, mtime time.Time) ([]byte, LayerInfo, error) {
 	if err != nil {
 		return nil, LayerInfo{}, err
 	}
+	info := LayerInfo{}
 	var names []string
 	for _, d := range debs {
 		names = append(names, d.Name+"="+d.Version)
+		// Packages of architecture "all" fit every image; one built for a
+		// machine ties the layer to it (Debian's amd64 and arm64 are the OCI
+		// names too), and Image refuses it under binaries of another.
+		if d.Architecture == "all" || d.Architecture == "" {
+			continue
+		}
+		if info.Architecture != "" && info.Architecture != d.Architecture {
+			return nil, info, fmt.Errorf("packages of two architectures, %s and %s", info.Architecture, d.Architecture)
+		}
+		info.Architecture = d.Architecture
 	}
 	sort.Strings(names)
+	info.CreatedBy = fmt.Sprintf("kms imagebuilder: base (users root, nobody, nonroot; %s)", strings.Join(names, " "))
 	gz, err := fs.gzipLayer(mtime.UTC())
-	return gz, LayerInfo{CreatedBy: fmt.Sprintf("kms imagebuilder: base (users root, nobody, nonroot; %s)", strings.Join(names, " "))}, err
+	return gz, info, err
 }
 
 func baseFS(debs []Deb) (layerFS, error) {

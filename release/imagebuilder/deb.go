@@ -112,3 +112,16 @@ func debFiles(deb []byte, keep func(path string) bool) ([]debFile, error) {
 		}
 	}
 }
+
+// DebFile returns the regular file at path (e.g. "usr/bin/tool") from a
+// .deb's data archive.
+func DebFile(deb []byte, path string) ([]byte, error) {
+	files, err := debFiles(deb, func(p string) bool { return p == path })
+	if err != nil {
+		return nil, err
+	}
+	if len(files) != 1 || files[0].linkname != "" {
+		return nil, fmt.Errorf("the package has no regular file %s", path)
+	}
+	return files[0].data, nil
+}

@@ -10,6 +10,7 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"slices"
@@ -54,10 +55,10 @@ var elfArch = map[elf.Machine]string{
 	elf.EM_RISCV:   "riscv64",
 }
 
-// staticArch returns the image architecture of a binary and refuses
+// StaticArch returns the image architecture of a binary and refuses
 // dynamically linked ones: the base has no libc or loader, so such a binary
 // would only fail when the pod starts.
-func staticArch(b Binary) (string, error) {
+func StaticArch(b Binary) (string, error) {
 	f, err := elf.NewFile(bytes.NewReader(b.Data))
 	if err != nil {
 		return "", fmt.Errorf("%s: not an ELF executable: %w", b.Path, err)
@@ -83,7 +84,7 @@ func BinaryLayer(bins []Binary, mtime time.Time) ([]byte, LayerInfo, error) {
 		if !path.IsAbs(b.Path) || path.Clean(b.Path) != b.Path {
 			return nil, info, fmt.Errorf("binary path %q must be absolute and clean", b.Path)
 		}
-		a, err := staticArch(b)
+		a, err := StaticArch(b)
 		if err != nil {
 			return nil, info, err
 		}
@@ -186,4 +187,39 @@ func Image(o ImageOptions) (v1.Image, error) {
 	img = mutate.MediaType(img, types.OCIManifestSchema1)
 	img = mutate.ConfigMediaType(img, types.OCIConfigJSON)
 	return mutate.Annotations(img, anns).(v1.Image), nil
+}
+
+// Index puts images of different platforms together as one OCI image index,
+// in the order given. The images must carry the same annotations (the same
+// build of the same source): the index gets them too.
+func Index(images []v1.Image) (v1.ImageIndex, error) {
+	if len(images) == 0 {
+		return nil, errors.New("no images")
+	}
+	var anns map[string]string
+	var adds []mutate.IndexAddendum
+	seen := map[string]bool{}
+	for i, img := range images {
+		cf, err := img.ConfigFile()
+		if err != nil {
+			return nil, err
+		}
+		m, err := img.Manifest()
+		if err != nil {
+			return nil, err
+		}
+		if i == 0 {
+			anns = m.Annotations
+		} else if !maps.Equal(anns, m.Annotations) {
+			return nil, fmt.Errorf("image %d has annotations %v, image 0 %v: not one build", i, m.Annotations, anns)
+		}
+		p := v1.Platform{OS: cf.OS, Architecture: cf.Architecture}
+		if seen[p.String()] {
+			return nil, fmt.Errorf("two images for %s", p.String())
+		}
+		seen[p.String()] = true
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &p}})
+	}
+	idx := mutate.IndexMediaType(mutate.AppendManifests(empty.Index, adds...), types.OCIImageIndex)
+	return mutate.Annotations(idx, anns).(v1.ImageIndex), nil
 }

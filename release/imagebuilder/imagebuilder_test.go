@@ -163,13 +163,14 @@ func build(s spec) (v1.Image, error) {
 	})
 }
 
-func digest(t *testing.T, img v1.Image) v1.Hash {
+// digest is the digest of an image or an index.
+func digest(t *testing.T, d interface{ Digest() (v1.Hash, error) }) v1.Hash {
 	t.Helper()
-	d, err := img.Digest()
+	h, err := d.Digest()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return d
+	return h
 }
 
 func TestReproducible(t *testing.T) {
@@ -395,27 +396,110 @@ func TestLockMatch(t *testing.T) {
 	}
 }
 
-func TestLayoutAndArchive(t *testing.T) {
-	img, err := build(testSpec(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var archives [2][]byte
-	for i := range archives {
-		dir := filepath.Join(t.TempDir(), "layout")
-		if err := WriteLayout(dir, img, "v1.2.3"); err != nil {
-			t.Fatal(err)
+// testIndex builds the images of two platforms from one spec, as the
+// release's BUILD file does, and puts them in an index.
+func testIndex(t *testing.T) (v1.ImageIndex, []v1.Image) {
+	t.Helper()
+	var imgs []v1.Image
+	for _, machine := range []elf.Machine{elf.EM_X86_64, elf.EM_AARCH64} {
+		o := testSpec(t)
+		for i := range o.bins {
+			o.bins[i].Data = append(fakeELF(t, machine, false), byte(i))
 		}
-		idx, err := layout.ImageIndexFromPath(dir)
+		img, err := build(o)
 		if err != nil {
 			t.Fatal(err)
 		}
-		im, err := idx.IndexManifest()
-		if err != nil || len(im.Manifests) != 1 || im.Manifests[0].Digest != digest(t, img) ||
-			im.Manifests[0].Annotations[AnnotationRefName] != "v1.2.3" {
-			t.Fatalf("index: %+v %v", im, err)
+		imgs = append(imgs, img)
+	}
+	idx, err := Index(imgs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return idx, imgs
+}
+
+func TestIndex(t *testing.T) {
+	idx, imgs := testIndex(t)
+	m, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.MediaType != types.OCIImageIndex || len(m.Manifests) != 2 ||
+		m.Annotations[AnnotationVersion] != "v1.2.3" || m.Annotations[AnnotationCreated] != "2026-11-26T17:39:29Z" {
+		t.Fatalf("index manifest %+v", m)
+	}
+	for i, arch := range []string{"amd64", "arm64"} {
+		d := m.Manifests[i]
+		if d.Digest != digest(t, imgs[i]) || d.Platform == nil || d.Platform.String() != "linux/"+arch || len(d.Annotations) != 0 {
+			t.Errorf("entry %d: %+v, want linux/%s %s", i, d, arch, digest(t, imgs[i]))
 		}
-		if err := WriteLayout(dir, img, "again"); err == nil {
+		img, err := PlatformImage(idx, arch)
+		if err != nil || digest(t, img) != digest(t, imgs[i]) {
+			t.Errorf("PlatformImage(%s): %v", arch, err)
+		}
+	}
+	if _, err := PlatformImage(idx, "s390x"); err == nil {
+		t.Error("found an s390x image")
+	}
+	again, _ := testIndex(t)
+	if d1, d2 := digest(t, idx), digest(t, again); d1 != d2 {
+		t.Errorf("two indexes of the same images differ: %s %s", d1, d2)
+	}
+	if _, err := Index([]v1.Image{imgs[0], imgs[0]}); err == nil {
+		t.Error("an index with one platform twice was made")
+	}
+	o := testSpec(t)
+	o.anns[AnnotationRevision] = "other"
+	other, err := build(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Index([]v1.Image{other, imgs[1]}); err == nil {
+		t.Error("an index of images of two builds (different annotations) was made")
+	}
+}
+
+// A base layer from packages built for one machine only goes under binaries
+// of that machine.
+func TestBaseArchitecture(t *testing.T) {
+	o := testSpec(t)
+	o.debs[1].Architecture = "arm64"
+	if _, err := build(o); err == nil || !strings.Contains(err.Error(), "mix architectures") {
+		t.Errorf("an arm64 base under amd64 binaries: %v", err)
+	}
+	for i := range o.bins {
+		o.bins[i].Data = append(fakeELF(t, elf.EM_AARCH64, false), byte(i))
+	}
+	if _, err := build(o); err != nil {
+		t.Errorf("an arm64 base under arm64 binaries: %v", err)
+	}
+}
+
+func TestLayoutAndArchive(t *testing.T) {
+	idx, _ := testIndex(t)
+	var archives [2][]byte
+	for i := range archives {
+		dir := filepath.Join(t.TempDir(), "layout")
+		if err := WriteLayout(dir, idx, "kms:v1.2.3"); err != nil {
+			t.Fatal(err)
+		}
+		top, err := layout.ImageIndexFromPath(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		im, err := top.IndexManifest()
+		if err != nil || len(im.Manifests) != 1 || im.Manifests[0].Digest != digest(t, idx) ||
+			im.Manifests[0].Annotations[AnnotationRefName] != "kms:v1.2.3" {
+			t.Fatalf("index.json: %+v %v", im, err)
+		}
+		if got, err := ReadIndex(dir); err != nil || digest(t, got) != digest(t, idx) {
+			t.Errorf("ReadIndex: %v", err)
+		}
+		if _, err := ReadImage(dir); err == nil {
+			t.Error("ReadImage read an index layout")
+		}
+		if err := WriteLayout(dir, idx, "again"); err == nil {
 			t.Error("wrote into a non-empty layout")
 		}
 		var buf bytes.Buffer
@@ -429,7 +513,7 @@ func TestLayoutAndArchive(t *testing.T) {
 	}
 	// Bazel's sandbox shows a directory input as a tree of symlinks.
 	src := filepath.Join(t.TempDir(), "layout")
-	if err := WriteLayout(src, img, "v1.2.3"); err != nil {
+	if err := WriteLayout(src, idx, "kms:v1.2.3"); err != nil {
 		t.Fatal(err)
 	}
 	links := t.TempDir()
@@ -450,6 +534,16 @@ func TestLayoutAndArchive(t *testing.T) {
 	if created, err := LayoutCreated(links); err != nil || created.Unix() != 1795714769 {
 		t.Errorf("LayoutCreated of the symlinked layout: %v %v", created, err)
 	}
+	if _, err := ReadIndex(links); err == nil {
+		t.Error("go-containerregistry read a symlinked blob: CopyLayout may not be needed any more")
+	}
+	copied := filepath.Join(t.TempDir(), "copy")
+	if err := CopyLayout(links, copied); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ReadIndex(copied); err != nil || digest(t, got) != digest(t, idx) {
+		t.Errorf("ReadIndex of the copied symlinked layout: %v", err)
+	}
 	tr := tar.NewReader(bytes.NewReader(archives[0]))
 	var names []string
 	for {
@@ -464,5 +558,26 @@ func TestLayoutAndArchive(t *testing.T) {
 	}
 	if names[0] != "blobs/" || !slices.Contains(names, "index.json") || !slices.Contains(names, "oci-layout") {
 		t.Errorf("archive entries %v", names)
+	}
+}
+
+func TestImageLayout(t *testing.T) {
+	img, err := build(testSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "layout")
+	if err := WriteLayout(dir, img, ""); err != nil {
+		t.Fatal(err)
+	}
+	got, err := ReadImage(dir)
+	if err != nil || digest(t, got) != digest(t, img) {
+		t.Fatalf("ReadImage: %v", err)
+	}
+	if _, err := ReadIndex(dir); err == nil {
+		t.Error("ReadIndex read an image layout")
+	}
+	if created, err := LayoutCreated(dir); err != nil || created.Unix() != 1795714769 {
+		t.Errorf("LayoutCreated: %v %v", created, err)
 	}
 }

@@ -21,10 +21,13 @@ import (
 	spdxjson "github.com/spdx/tools-golang/json"
 	"github.com/spdx/tools-golang/spdx/v2/common"
 	spdx "github.com/spdx/tools-golang/spdx/v2/v2_3"
+
+	"github.com/cmdkms/kms/release/gomod"
 )
 
-// Binary is a Go executable in the image.
+// Binary is a Go executable in the image of one platform.
 type Binary struct {
+	Arch string // the image's architecture: linux/ARCH
 	Path string // in the image
 	Data []byte
 	// Packages are the import paths linked into it, standard library excluded.
@@ -64,12 +67,17 @@ func document(img Image) (*spdx.Document, error) {
 	if len(img.Binaries) == 0 {
 		return nil, fmt.Errorf("no binaries")
 	}
-	mod, err := parseGoMod(img.GoMod)
+	mod, err := gomod.Parse(img.GoMod)
 	if err != nil {
 		return nil, err
 	}
 	bins := append([]Binary(nil), img.Binaries...)
-	sort.Slice(bins, func(i, j int) bool { return bins[i].Path < bins[j].Path })
+	sort.Slice(bins, func(i, j int) bool {
+		if bins[i].Arch != bins[j].Arch {
+			return bins[i].Arch < bins[j].Arch
+		}
+		return bins[i].Path < bins[j].Path
+	})
 	debs := append([]DebPackage(nil), img.Debs...)
 	sort.Slice(debs, func(i, j int) bool { return debs[i].Name < debs[j].Name })
 
@@ -106,12 +114,15 @@ func document(img Image) (*spdx.Document, error) {
 	modID := map[goModule]common.ElementID{}
 	var modOrder []goModule
 	for i, b := range bins {
+		if b.Arch == "" {
+			return nil, fmt.Errorf("%s: no architecture", b.Path)
+		}
 		bi, err := buildinfo.Read(bytes.NewReader(b.Data))
 		if err != nil {
 			return nil, fmt.Errorf("%s: not a Go binary: %w", b.Path, err)
 		}
 		sum := sha256.Sum256(b.Data)
-		fmt.Fprintf(ns, "%s %x\n", b.Path, sum)
+		fmt.Fprintf(ns, "%s %s %x\n", b.Arch, b.Path, sum)
 		id := common.ElementID(fmt.Sprintf("Package-binary-%d", i))
 		doc.Packages = append(doc.Packages, &spdx.Package{
 			PackageName:             path.Base(b.Path),
@@ -123,10 +134,10 @@ func document(img Image) (*spdx.Document, error) {
 			PackageLicenseConcluded: noAssertion,
 			PackageLicenseDeclared:  licenses,
 			PackageCopyrightText:    noAssertion,
-			PackageComment:          "Go binary of module " + mod.main,
+			PackageComment:          fmt.Sprintf("Go binary of module %s, in the linux/%s image", mod.Main, b.Arch),
 			PrimaryPackagePurpose:   "APPLICATION",
 			PackageExternalReferences: []*spdx.PackageExternalReference{
-				purl(fmt.Sprintf("pkg:golang/%s@%s", mod.main, img.Version)),
+				purl(fmt.Sprintf("pkg:golang/%s@%s", mod.Main, img.Version)),
 			},
 		})
 		doc.Relationships = append(doc.Relationships, rel(rootID, id, "CONTAINS"))
@@ -136,11 +147,11 @@ func document(img Image) (*spdx.Document, error) {
 		pkgs := append([]string(nil), b.Packages...)
 		sort.Strings(pkgs)
 		for _, p := range pkgs {
-			if mod.isMain(p) {
+			if mod.IsMain(p) {
 				continue
 			}
 			m := goModule{path: p}
-			if mp, v, ok := mod.moduleOf(p); ok {
+			if mp, v, ok := mod.ModuleOf(p); ok {
 				m = goModule{mp, v}
 			}
 			if !seen[m] {
@@ -198,7 +209,7 @@ func document(img Image) (*spdx.Document, error) {
 		})
 		doc.Relationships = append(doc.Relationships, rel(rootID, id, "CONTAINS"))
 	}
-	doc.DocumentNamespace = fmt.Sprintf("https://%s/spdx/%s-%s-%x", mod.main, img.Name, img.Version, ns.Sum(nil)[:16])
+	doc.DocumentNamespace = fmt.Sprintf("https://%s/spdx/%s-%s-%x", mod.Main, img.Name, img.Version, ns.Sum(nil)[:16])
 	return doc, nil
 }
 

@@ -45,8 +45,9 @@ func testImage(t *testing.T) Image {
 	return Image{
 		Name: "kms", Version: "v1.2.3", Licenses: "Apache-2.0", Created: time.Unix(1795714769, 0),
 		Binaries: []Binary{
-			{Path: "/usr/bin/kms", Data: b, Packages: pkgs},
-			{Path: "/usr/bin/kek-file", Data: append(b, 0), Packages: []string{"google.golang.org/grpc/examples/x"}},
+			{Arch: "amd64", Path: "/usr/bin/kms", Data: b, Packages: pkgs},
+			{Arch: "amd64", Path: "/usr/bin/kek-file", Data: append(b, 0), Packages: []string{"google.golang.org/grpc/examples/x"}},
+			{Arch: "arm64", Path: "/usr/bin/kms", Data: append(b, 1), Packages: pkgs},
 		},
 		Debs:  []DebPackage{{Name: "tzdata", Version: "2026b-0+deb12u1", Architecture: "all", SHA256: strings.Repeat("ab", 32)}},
 		GoMod: []byte(testGoMod),
@@ -108,10 +109,20 @@ func TestDeterministicAndValid(t *testing.T) {
 			deps++
 		}
 	}
-	// kms: stdlib, grpc, pflag, x/sys, the package outside go.mod;
-	// kek-file: stdlib, grpc/examples.
-	if deps != 7 {
-		t.Errorf("%d DEPENDS_ON relationships, want 7", deps)
+	// kms (each architecture): stdlib, grpc, pflag, x/sys, the package
+	// outside go.mod; kek-file: stdlib, grpc/examples.
+	if deps != 12 {
+		t.Errorf("%d DEPENDS_ON relationships, want 12", deps)
+	}
+	kms := map[string]string{}
+	for _, p := range doc.Packages {
+		if p.PackageName == "kms" && p.PrimaryPackagePurpose == "APPLICATION" {
+			kms[p.PackageComment] = p.PackageChecksums[0].Value
+		}
+	}
+	amd, arm := kms["Go binary of module github.com/cmdkms/kms, in the linux/amd64 image"], kms["Go binary of module github.com/cmdkms/kms, in the linux/arm64 image"]
+	if len(kms) != 2 || amd == "" || arm == "" || amd == arm {
+		t.Errorf("kms binaries by platform: %v", kms)
 	}
 	outside := false
 	for _, p := range doc.Packages {
@@ -130,6 +141,7 @@ func TestRefusals(t *testing.T) {
 		"replace directive":  func(img *Image) { img.GoMod = append(img.GoMod, "replace a => ../a\n"...) },
 		"go.mod w/o module":  func(img *Image) { img.GoMod = []byte("go 1.26\n") },
 		"no binaries at all": func(img *Image) { img.Binaries = nil },
+		"no architecture":    func(img *Image) { img.Binaries[0].Arch = "" },
 	} {
 		img := testImage(t)
 		mod(&img)

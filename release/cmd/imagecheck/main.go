@@ -1,8 +1,16 @@
 // Command imagecheck proves a built image works the way a kubelet would run
-// it: it unpacks the image into a root filesystem, starts the entrypoint in
-// it with chroot as 65532:65532 (no shell exists there, so the KEK command
-// runs word-split), and drives the daemon through its socket with the KMS
-// v2 and v1beta1 APIs. It must run as root (chroot, chown).
+// it: it unpacks one platform's image of the release index into a root
+// filesystem, starts the entrypoint in it with chroot as 65532:65532 (no
+// shell exists there, so the KEK command runs word-split), and drives the
+// daemon through its socket with the KMS v2 and v1beta1 APIs. It must run
+// as root (chroot, chown).
+//
+// An image of another architecture runs under a static qemu-user emulator
+// (--emulator), which is copied into the unpacked root filesystem (never
+// into the image) and put in front of the entrypoint and of the KEK
+// command: without binfmt_misc, which would change the whole machine, the
+// kernel cannot start a foreign binary itself, so the daemon's own exec of
+// the KEK command goes through the emulator too.
 package main
 
 import (
@@ -11,17 +19,19 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/pflag"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -29,31 +39,61 @@ import (
 	kmsv1 "github.com/cmdkms/kms/proto/v1beta1"
 	kmsv2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/src/cli"
 )
 
 const nonroot = 65532
 
+// emulatorPath is where --emulator goes in the unpacked root filesystem.
+const emulatorPath = "/.imagecheck-emulator"
+
+type options struct {
+	layout, arch, emulator, kekCommand, kekFile string
+	keep                                        bool
+}
+
 func main() {
-	layoutDir := flag.String("layout", "", "OCI image layout of the image to check (required)")
-	kekCommand := flag.String("kek-command", "/usr/bin/kek-file /etc/kms/kek", "--command for the daemon, as it runs inside the image")
-	kekFile := flag.String("kek-file", "/etc/kms/kek", "where in the root filesystem to put a fresh keyring for the KEK command")
-	keep := flag.Bool("keep", false, "keep the unpacked root filesystem")
-	flag.Parse()
-	if *layoutDir == "" || flag.NArg() > 0 {
-		flag.Usage()
-		os.Exit(2)
-	}
-	if err := run(*layoutDir, *kekCommand, *kekFile, *keep); err != nil {
-		fmt.Fprintln(os.Stderr, "imagecheck: FAIL:", err)
-		os.Exit(1)
-	}
-	fmt.Println("imagecheck: PASS")
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	return cli.Command{Name: "imagecheck", Usage: "imagecheck: run one platform's image of a release index as a kubelet would, and call the daemon\n\nFlags:\n",
+		Flags: func(fs *pflag.FlagSet) func([]string) error {
+			o := &options{}
+			fs.StringVar(&o.layout, "layout", "", "OCI image layout holding the release image index (required)")
+			fs.StringVar(&o.arch, "arch", runtime.GOARCH, "the platform linux/ARCH whose image to run")
+			fs.StringVar(&o.emulator, "emulator", "", "static qemu-user binary for ARCH (e.g. Debian's qemu-aarch64-static), when ARCH is not this machine's")
+			fs.StringVar(&o.kekCommand, "kek-command", "/usr/bin/kek-file /etc/kms/kek", "--command for the daemon, as it runs inside the image")
+			fs.StringVar(&o.kekFile, "kek-file", "/etc/kms/kek", "where in the root filesystem to put a fresh keyring for the KEK command")
+			fs.BoolVar(&o.keep, "keep", false, "keep the unpacked root filesystem")
+			return func(args []string) error {
+				if err := cli.NoArgs(args); err != nil {
+					return err
+				}
+				if o.layout == "" {
+					return cli.Usagef("--layout is required")
+				}
+				if (o.arch != runtime.GOARCH) != (o.emulator != "") {
+					return cli.Usagef("--emulator is needed exactly when --arch (%s) is not this machine's (%s)", o.arch, runtime.GOARCH)
+				}
+				if err := check(o); err != nil {
+					fmt.Fprintln(stdout, "imagecheck: FAIL:", err)
+					return cli.ErrReported
+				}
+				fmt.Fprintln(stdout, "imagecheck: PASS")
+				return nil
+			}
+		}}.Run(args, stdout, stderr)
 }
 
 func step(format string, args ...any) { fmt.Printf("imagecheck: "+format+"\n", args...) }
 
-func run(layoutDir, kekCommand, kekFile string, keep bool) error {
-	img, err := imagebuilder.ReadLayout(layoutDir)
+func check(o *options) error {
+	idx, err := imagebuilder.ReadIndex(o.layout)
+	if err != nil {
+		return err
+	}
+	img, err := imagebuilder.PlatformImage(idx, o.arch)
 	if err != nil {
 		return err
 	}
@@ -65,7 +105,10 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	step("image %s: user %s, entrypoint %v", digest, cf.Config.User, cf.Config.Entrypoint)
+	step("linux/%s image %s: user %s, entrypoint %v", cf.Architecture, digest, cf.Config.User, cf.Config.Entrypoint)
+	if cf.OS != "linux" || cf.Architecture != o.arch {
+		return fmt.Errorf("the index lists a %s/%s image as linux/%s", cf.OS, cf.Architecture, o.arch)
+	}
 	if cf.Config.User != "65532:65532" {
 		return fmt.Errorf("image runs as %q, want 65532:65532", cf.Config.User)
 	}
@@ -79,7 +122,7 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	if keep {
+	if o.keep {
 		step("root filesystem kept in %s", rootfs)
 	} else {
 		defer os.RemoveAll(rootfs)
@@ -92,17 +135,30 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 	if err := unpack(img, rootfs); err != nil {
 		return fmt.Errorf("unpack: %w", err)
 	}
-	if err := checkRootfs(rootfs); err != nil {
+	if err := checkRootfs(rootfs, o.arch); err != nil {
 		return err
 	}
 	if err := runtimeDevices(rootfs); err != nil {
+		return err
+	}
+	// The socket directory, as the static pod mounts it from the node, where
+	// kms-tmpfiles.conf makes it: 0700, owned by the daemon's user.
+	const sock = "/run/kms/kms.sock"
+	sockDir := filepath.Join(rootfs, filepath.Dir(sock))
+	if err := os.MkdirAll(sockDir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(sockDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chown(sockDir, nonroot, nonroot); err != nil {
 		return err
 	}
 
 	// The KEK file: a fresh text keyring, readable by the daemon's user only.
 	key := make([]byte, 32)
 	rand.Read(key)
-	kek := filepath.Join(rootfs, kekFile)
+	kek := filepath.Join(rootfs, o.kekFile)
 	if err := os.MkdirAll(filepath.Dir(kek), 0o755); err != nil {
 		return err
 	}
@@ -113,8 +169,16 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 		return err
 	}
 
-	const sock = "/tmp/kms.sock"
-	args := append([]string{"--userspec=65532:65532", rootfs}, cf.Config.Entrypoint...)
+	entrypoint, kekCommand := cf.Config.Entrypoint, o.kekCommand
+	if o.emulator != "" {
+		if err := copyEmulator(o.emulator, filepath.Join(rootfs, emulatorPath)); err != nil {
+			return err
+		}
+		step("linux/%s under the emulator %s (copied into the unpacked root filesystem as %s)", o.arch, o.emulator, emulatorPath)
+		entrypoint = append([]string{emulatorPath}, entrypoint...)
+		kekCommand = emulatorPath + " " + kekCommand
+	}
+	args := append([]string{"--userspec=65532:65532", rootfs}, entrypoint...)
 	args = append(args, cf.Config.Cmd...)
 	args = append(args, "--command", kekCommand, "--endpoint", "unix://"+sock)
 	chroot, err := exec.LookPath("chroot")
@@ -170,8 +234,9 @@ func run(layoutDir, kekCommand, kekFile string, keep bool) error {
 }
 
 // checkRootfs checks what a distroless base promises: no shell or package
-// manager, the users and writable directories the daemon relies on.
-func checkRootfs(rootfs string) error {
+// manager, the users and writable directories the daemon relies on, and
+// binaries of the image's architecture.
+func checkRootfs(rootfs, arch string) error {
 	for _, p := range []string{"bin/sh", "bin/bash", "usr/bin/sh", "bin/busybox", "usr/bin/apt", "usr/bin/dpkg"} {
 		if _, err := os.Lstat(filepath.Join(rootfs, p)); err == nil {
 			return fmt.Errorf("image contains /%s", p)
@@ -199,10 +264,34 @@ func checkRootfs(rootfs string) error {
 	}
 	var names []string
 	for _, b := range bins {
+		data, err := os.ReadFile(filepath.Join(rootfs, "usr/bin", b.Name()))
+		if err != nil {
+			return err
+		}
+		a, err := imagebuilder.StaticArch(imagebuilder.Binary{Path: "/usr/bin/" + b.Name(), Data: data})
+		if err != nil {
+			return err
+		}
+		if a != arch {
+			return fmt.Errorf("/usr/bin/%s is a %s binary in the %s image", b.Name(), a, arch)
+		}
 		names = append(names, b.Name())
 	}
-	step("rootfs ok: no shell, /tmp 1777, /home/nonroot 0700 65532; /usr/bin: %s", strings.Join(names, " "))
+	step("rootfs ok: no shell, /tmp 1777, /home/nonroot 0700 65532; /usr/bin (static, %s): %s", arch, strings.Join(names, " "))
 	return nil
+}
+
+// copyEmulator puts the emulator into the root filesystem, 0755 root, for
+// the daemon's user to run.
+func copyEmulator(src, dst string) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(dst, 0o755) // whatever the umask
 }
 
 // runtimeDevices adds the device nodes every OCI runtime provides in /dev

@@ -1,12 +1,11 @@
-// Command pullcheck pulls an image back from a registry by digest and checks
-// that the registry serves exactly the bytes of the local OCI image layout:
-// manifest, config and every layer.
+// Command pullcheck pulls an image index back from a registry by digest and
+// checks that the registry serves exactly the bytes of the local OCI image
+// layout: the index, and each platform's manifest, config and layers.
 package main
 
 import (
 	"bytes"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -15,25 +14,34 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/pflag"
 
 	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/src/cli"
 )
 
 func main() {
-	layoutDir := flag.String("layout", "", "OCI image layout with the expected image (required)")
-	ref := flag.String("reference", "", "HOST/NAME@sha256:... to pull (required)")
-	flag.Parse()
-	if *layoutDir == "" || *ref == "" || flag.NArg() > 0 {
-		flag.Usage()
-		os.Exit(2)
-	}
-	if err := check(*layoutDir, *ref); err != nil {
-		fmt.Fprintln(os.Stderr, "pullcheck: FAIL:", err)
-		os.Exit(1)
-	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func check(layoutDir, ref string) error {
+func run(args []string, stdout, stderr io.Writer) int {
+	return cli.Command{Name: "pullcheck", Usage: "pullcheck: pull an image index from a loopback registry by digest and compare it with a layout, byte for byte\n\nFlags:\n",
+		Flags: func(fs *pflag.FlagSet) func([]string) error {
+			layoutDir := fs.String("layout", "", "OCI image layout with the expected image index (required)")
+			ref := fs.String("reference", "", "HOST/NAME@sha256:... to pull (required)")
+			return func(args []string) error {
+				if err := cli.NoArgs(args); err != nil {
+					return err
+				}
+				if *layoutDir == "" || *ref == "" {
+					return cli.Usagef("--layout and --reference are required")
+				}
+				return check(*layoutDir, *ref, stdout)
+			}
+		}}.Run(args, stdout, stderr)
+}
+
+func check(layoutDir, ref string, stdout io.Writer) error {
 	// name.Insecure allows plain HTTP, which only the loopback test
 	// registries this checks may use.
 	d, err := name.NewDigest(ref, name.Insecure)
@@ -43,51 +51,90 @@ func check(layoutDir, ref string) error {
 	if host := d.RegistryStr(); !isLoopback(host) {
 		return fmt.Errorf("%s is not a loopback registry", host)
 	}
-	local, err := imagebuilder.ReadLayout(layoutDir)
+	local, err := imagebuilder.ReadIndex(layoutDir)
 	if err != nil {
 		return err
 	}
-	pulled, err := remote.Image(d)
+	pulled, err := remote.Index(d)
 	if err != nil {
 		return err
 	}
-	want, err := local.RawManifest()
+	if err := sameBytes("index", local.RawManifest, pulled.RawManifest); err != nil {
+		return err
+	}
+	m, err := local.IndexManifest()
 	if err != nil {
 		return err
 	}
-	got, err := pulled.RawManifest()
+	for _, desc := range m.Manifests {
+		want, err := local.Image(desc.Digest)
+		if err != nil {
+			return err
+		}
+		got, err := pulled.Image(desc.Digest)
+		if err != nil {
+			return err
+		}
+		n, err := sameImage(want, got)
+		if err != nil {
+			return fmt.Errorf("%s image: %w", desc.Platform, err)
+		}
+		fmt.Fprintf(stdout, "pullcheck: %s %s: manifest, config and %d layers are byte-equal to the layout's\n", desc.Platform, desc.Digest, n)
+	}
+	fmt.Fprintf(stdout, "pullcheck: pulled %s: the index is byte-equal to the layout's\n", ref)
+	return nil
+}
+
+func sameImage(want, got v1.Image) (int, error) {
+	if err := sameBytes("manifest", want.RawManifest, got.RawManifest); err != nil {
+		return 0, err
+	}
+	if err := sameBytes("config", want.RawConfigFile, got.RawConfigFile); err != nil {
+		return 0, err
+	}
+	wantLayers, err := want.Layers()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if !bytes.Equal(got, want) {
-		return errors.New("the registry's manifest differs from the layout's")
-	}
-	wantCfg, err := local.RawConfigFile()
+	gotLayers, err := got.Layers()
 	if err != nil {
-		return err
+		return 0, err
 	}
-	gotCfg, err := pulled.RawConfigFile()
-	if err != nil {
-		return err
+	if len(gotLayers) != len(wantLayers) {
+		return 0, fmt.Errorf("%d layers, want %d", len(gotLayers), len(wantLayers))
 	}
-	if !bytes.Equal(gotCfg, wantCfg) {
-		return errors.New("the registry's config differs from the layout's")
-	}
-	localLayers, err := local.Layers()
-	if err != nil {
-		return err
-	}
-	pulledLayers, err := pulled.Layers()
-	if err != nil {
-		return err
-	}
-	for i := range localLayers {
-		if err := sameBlob(localLayers[i], pulledLayers[i]); err != nil {
-			return fmt.Errorf("layer %d: %w", i, err)
+	for i := range wantLayers {
+		if err := sameBytes(fmt.Sprintf("layer %d", i), compressed(wantLayers[i]), compressed(gotLayers[i])); err != nil {
+			return 0, err
 		}
 	}
-	fmt.Printf("pullcheck: pulled %s: manifest, config and %d layers are byte-equal to the layout's\n", ref, len(pulledLayers))
+	return len(gotLayers), nil
+}
+
+func sameBytes(what string, want, got func() ([]byte, error)) error {
+	w, err := want()
+	if err != nil {
+		return err
+	}
+	g, err := got()
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(w, g) {
+		return errors.New("the registry's " + what + " differs from the layout's")
+	}
 	return nil
+}
+
+func compressed(l v1.Layer) func() ([]byte, error) {
+	return func() ([]byte, error) {
+		rc, err := l.Compressed()
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(rc)
+	}
 }
 
 func isLoopback(hostport string) bool {
@@ -97,29 +144,4 @@ func isLoopback(hostport string) bool {
 	}
 	ip := net.ParseIP(host)
 	return host == "localhost" || (ip != nil && ip.IsLoopback())
-}
-
-func sameBlob(a, b v1.Layer) error {
-	ra, err := a.Compressed()
-	if err != nil {
-		return err
-	}
-	defer ra.Close()
-	rb, err := b.Compressed()
-	if err != nil {
-		return err
-	}
-	defer rb.Close()
-	ba, err := io.ReadAll(ra)
-	if err != nil {
-		return err
-	}
-	bb, err := io.ReadAll(rb)
-	if err != nil {
-		return err
-	}
-	if !bytes.Equal(ba, bb) {
-		return errors.New("blob bytes differ")
-	}
-	return nil
 }

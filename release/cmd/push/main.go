@@ -1,6 +1,7 @@
-// Command push uploads the image of an OCI image layout to a registry and
-// prints its digest reference. `tools/bazel run //release:push -- --repository
-// HOST/NAME[:TAG]` runs it on the layout Bazel built.
+// Command push uploads the image index of an OCI image layout (the release
+// image, all its platforms) to a registry and prints its digest reference.
+// `tools/bazel run //release:push -- --repository HOST/NAME[:TAG]` runs it
+// on the layout Bazel built.
 //
 // Plain HTTP is used only for loopback registries (127.0.0.0/8, ::1,
 // localhost): everything else must speak TLS, so a typo or a spoofed name
@@ -8,8 +9,8 @@
 package main
 
 import (
-	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -18,24 +19,36 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/spf13/pflag"
 
 	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/src/cli"
 )
 
 func main() {
-	layoutDir := flag.String("layout", "", "OCI image layout holding exactly one image (required)")
-	repository := flag.String("repository", "", "HOST[:PORT]/NAME[:TAG] to push to; without a tag the image is pushed by digest only (required)")
-	flag.Parse()
-	if *layoutDir == "" || *repository == "" || flag.NArg() > 0 {
-		flag.Usage()
-		os.Exit(2)
-	}
-	ref, err := push(*layoutDir, *repository)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "push:", err)
-		os.Exit(1)
-	}
-	fmt.Println(ref)
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	return cli.Command{Name: "push", Usage: "push: upload the image index of an OCI image layout to a registry; print HOST/NAME@sha256:...\n\nFlags:\n",
+		Flags: func(fs *pflag.FlagSet) func([]string) error {
+			layoutDir := fs.String("layout", "", "OCI image layout holding the image index (required)")
+			repository := fs.String("repository", "", "HOST[:PORT]/NAME[:TAG] to push to; without a tag the index is pushed by digest only (required)")
+			return func(args []string) error {
+				if err := cli.NoArgs(args); err != nil {
+					return err
+				}
+				if *layoutDir == "" || *repository == "" {
+					return cli.Usagef("--layout and --repository are required")
+				}
+				ref, err := push(*layoutDir, *repository)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(stdout, ref)
+				return nil
+			}
+		}}.Run(args, stdout, stderr)
 }
 
 func push(layoutDir, repository string) (string, error) {
@@ -51,11 +64,11 @@ func push(layoutDir, repository string) (string, error) {
 	if _, isDigest := ref.(name.Digest); isDigest {
 		return "", fmt.Errorf("--repository %s: give a tag or nothing, not a digest", repository)
 	}
-	img, err := imagebuilder.ReadLayout(layoutDir)
+	idx, err := imagebuilder.ReadIndex(layoutDir)
 	if err != nil {
 		return "", err
 	}
-	digest, err := img.Digest()
+	digest, err := idx.Digest()
 	if err != nil {
 		return "", err
 	}
@@ -67,7 +80,7 @@ func push(layoutDir, repository string) (string, error) {
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
 		remote.WithTransport(loopbackOnlyHTTP{remote.DefaultTransport}),
 	}
-	if err := remote.Write(target, img, opts...); err != nil {
+	if err := remote.WriteIndex(target, idx, opts...); err != nil {
 		return "", err
 	}
 	// Read back what the registry now serves under the reference.

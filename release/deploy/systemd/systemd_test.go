@@ -1,4 +1,4 @@
-// Package systemd holds kms.socket and kms.service (README "systemd") and
+// Package systemd holds kms.socket and kms.service (docs/systemd.md) and
 // tests them: systemd's own checker on the files, and the daemon started
 // the way the units start it, on a socket that systemd-socket-activate
 // passes with LISTEN_FDS/LISTEN_PID.

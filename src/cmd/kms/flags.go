@@ -101,6 +101,13 @@ func defineFlags(fs *pflag.FlagSet) (c *config, check func(args []string) error)
 		if c.commandTimeout <= 0 || c.commandTimeout >= c.timeout {
 			return cli.Usagef("--command-timeout %v must be positive and below --timeout %v", c.commandTimeout, c.timeout)
 		}
+		// A run starts a refresh interval after the last success, and the
+		// keys are purged a timeout after it: a run that takes its time
+		// must still end before that.
+		if c.refreshInterval+c.commandTimeout >= c.timeout {
+			return cli.Usagef("--refresh-interval %v plus --command-timeout %v reach --timeout %v: a slow run would end after the keys were purged",
+				c.refreshInterval, c.commandTimeout, c.timeout)
+		}
 		if c.idleTimeout <= 0 {
 			return cli.Usagef("--idle-timeout %v must be positive", c.idleTimeout)
 		}

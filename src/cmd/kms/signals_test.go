@@ -45,6 +45,8 @@ func TestTimeoutLimits(t *testing.T) {
 		{"--refresh-interval 1h", "--refresh-interval 1h0m0s must be at least 1s and below --timeout 1h0m0s"},
 		{"--refresh-interval 500ms", "must be at least 1s"},
 		{"--refresh-interval -1s", "must be at least 1s"},
+		{"--refresh-interval 50m --command-timeout 10m", "plus --command-timeout 10m0s reach --timeout 1h0m0s"},
+		{"--timeout 1m --command-timeout 50s", "--refresh-interval 12s plus --command-timeout 50s reach --timeout 1m0s"},
 	} {
 		code, out := runToExit(t, append([]string{"--command", "true"}, strings.Fields(tc.args)...)...)
 		if code != 2 || !strings.Contains(out, tc.want) {

@@ -43,7 +43,7 @@ func TestStatusAndRefresh(t *testing.T) {
 	a, b := testbin.NewKey(), testbin.NewKey()
 	ida, idb := keyID(a), keyID(b)
 	testbin.WriteKeyring(t, ring, a)
-	d := startDaemon(t, sock, "--command", "cat "+ring, "--min-timeout", "2s", "--timeout", "6s", "--refresh-interval", "5s", "--command-timeout", "2s")
+	d := startDaemon(t, sock, "--command", "cat "+ring, "--min-timeout", "2s", "--timeout", "6s", "--refresh-interval", "3s", "--command-timeout", "2s")
 
 	ns, errOut, code := kmsStatus(t, "status", sock)
 	if code != 0 || !ns.Serving || ns.Primary != ida || roles(ns) != ida+"=primary" || ns.Version == "" {

@@ -105,17 +105,22 @@ func newKeyring(t *testing.T) (ring []byte, primary string) {
 		t.Fatal(err)
 	}
 	os.Remove(f)
-	return ring, primaryID(t, ring)
+	return ring, keyIDs(t, ring)[0]
 }
 
-func primaryID(t *testing.T, ring []byte) string {
+// keyIDs names the keys of a keyring, primary first.
+func keyIDs(t *testing.T, ring []byte) []string {
 	t.Helper()
 	parsed, err := kek.Parse(ring)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer parsed.Wipe()
-	return parsed.Keys[0].ID.String()
+	var ids []string
+	for _, k := range parsed.Keys {
+		ids = append(ids, k.ID.String())
+	}
+	return ids
 }
 
 // dropinCommand returns the KEK command in a recipe's drop-in as systemd
@@ -230,7 +235,7 @@ func (d *daemon) refreshes(t *testing.T) {
 }
 
 // outage breaks the key source (breakSource), and checks the course
-// README "The KEK command" documents: a refresh fails and the cached keys
+// docs/kek.md documents: a refresh fails and the cached keys
 // serve; after --timeout they are purged and calls fail with Unavailable;
 // once fixSource has run, the daemon's retries restore service by
 // themselves, and data written before the outage decrypts.
@@ -265,32 +270,46 @@ func (d *daemon) outage(t *testing.T, primary string, breakSource, fixSource fun
 	d.roundTrip(t, "after the outage", primary)
 }
 
-// rotate is a recipe's rotation: the keyring is unsealed with the KEK
-// command itself into a private directory, kek-gen --add puts a new
-// primary key first, seal writes the new sealed copy where the command
-// reads it, and SIGHUP loads it. New data gets the new key; data written
-// under the old one still decrypts. It returns the new primary key_id.
+// rotate is a recipe's two-phase rotation (docs/rotation.md): the keyring
+// is unsealed with the KEK command itself into a private directory, and each
+// step — kek-gen --add-secondary, --promote, --retire — is sealed where the
+// command reads it and loaded with SIGHUP. Data written under the old key
+// decrypts throughout; new data gets the new key from the promotion on. It
+// returns the new primary key_id.
 func (d *daemon) rotate(t *testing.T, primary string, seal func(ring []byte)) string {
 	t.Helper()
 	old := d.roundTrip(t, "before rotation", primary)
 	plain := filepath.Join(t.TempDir(), "kek")
 	writeFile(t, plain, run(t, nil, nil, "/bin/sh", "-c", d.command))
-	run(t, nil, nil, helpertest.KekGen(t), "--add", plain)
-	ring, err := os.ReadFile(plain)
-	if err != nil {
-		t.Fatal(err)
+	defer os.Remove(plain)
+	step := func(args ...string) []byte {
+		run(t, nil, nil, helpertest.KekGen(t), append(args, plain)...)
+		ring, err := os.ReadFile(plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.rings = append(d.rings, ring)
+		seal(ring)
+		d.Signal(syscall.SIGHUP)
+		return ring
 	}
-	os.Remove(plain)
-	d.rings = append(d.rings, ring)
-	seal(ring)
-	next := primaryID(t, ring)
-	if next == primary {
-		t.Fatal("kek-gen --add kept the primary key")
-	}
-	d.Signal(syscall.SIGHUP)
+
 	// A periodic run may be under way: the SIGHUP's comes after it.
+	ring := step("--add-secondary")
+	d.expect(t, "keyring changed", 2*d.timeout)
+	next := keyIDs(t, ring)[1]
+	d.roundTrip(t, "with the new key added", primary)
+
+	step("--promote", next)
 	d.expect(t, "primary KEK changed", 2*d.timeout)
-	d.roundTrip(t, "after rotation", next)
+	d.roundTrip(t, "after the promotion", next)
+	d.decrypts(t, "before rotation", old, primary)
+
+	if ids := keyIDs(t, step("--retire", primary)); len(ids) != 1 || ids[0] != next {
+		t.Fatalf("after --retire the keyring holds %v", ids)
+	}
+	d.expect(t, "keyring changed", 2*d.timeout)
+	// Kept in memory, unlisted, until a restart.
 	d.decrypts(t, "before rotation", old, primary)
 	return next
 }
