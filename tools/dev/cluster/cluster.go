@@ -192,16 +192,35 @@ func (c *Cluster) StartEtcd(t testing.TB, nodes ...*node) {
 func (c *Cluster) StartKMS(t testing.TB, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		n.kms = start(t, "kms "+n.name, n.log("kms"), []string{
-			filepath.Join(c.bin, "kms"),
-			"--command", "cat " + n.keyring,
-			"--endpoint", "unix://" + n.socket,
-			"--health-address", n.healthAddr(),
-			"--log-level", "debug",
-		})
+		n.kms = start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(n))
 	}
 	for _, n := range nodes {
 		c.waitHTTP(t, n.kms, "http://"+n.healthAddr()+"/readyz", time.Minute)
+	}
+}
+
+// StartKMSFailing starts n's kms and checks that it exits with an error
+// and with want in its log, as it must when its KEK command fails at start.
+func (c *Cluster) StartKMSFailing(t testing.TB, n *node, want string) {
+	t.Helper()
+	p := start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(n))
+	select {
+	case <-p.exited:
+	case <-time.After(time.Minute):
+		t.Fatalf("%s still runs a minute after start; want it to fail with %q", p.name, want)
+	}
+	if code, log := p.cmd.ProcessState.ExitCode(), tail(p.log, 10); code == 0 || !strings.Contains(log, want) {
+		t.Fatalf("%s exited %d; want an error and %q in its log:\n%s", p.name, code, want, log)
+	}
+}
+
+func (c *Cluster) kmsArgv(n *node) []string {
+	return []string{
+		filepath.Join(c.bin, "kms"),
+		"--command", "cat " + n.keyring,
+		"--endpoint", "unix://" + n.socket,
+		"--health-address", n.healthAddr(),
+		"--log-level", "debug",
 	}
 }
 
@@ -328,6 +347,11 @@ func indent(s string, maxLines int) string {
 		return fmt.Sprintf("\n    (%d bytes, binary)", len(s))
 	}
 	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		if len(l) > 200 {
+			lines[i] = fmt.Sprintf("%s… (%d bytes)", l[:200], len(l))
+		}
+	}
 	more := ""
 	if len(lines) > maxLines {
 		more = fmt.Sprintf("\n    … %d more lines", len(lines)-maxLines)

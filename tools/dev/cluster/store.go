@@ -105,6 +105,11 @@ func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) {
 		t.Fatalf("od -c of a stored value shows %q, want %s…", got, p.prefix())
 	}
 	grep, census := `grep -ao 'kek1-[0-9a-f]\{32\}'`, id
+	if p.API == "v2" {
+		if got := strings.TrimSpace(c.Sh(t, "etcdctl get /registry/secrets/drill/drill-0000 --print-value-only | "+grep)); got != id {
+			t.Fatalf("etcdctl and grep show key_id %q for a value, want %s", got, id)
+		}
+	}
 	if p.API == "v1" {
 		grep, census = `grep -ao '^k8s:enc:kms:v1:[a-z0-9-]*:'`, p.prefix()
 	}
