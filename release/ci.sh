@@ -83,18 +83,20 @@ platforms() { jq -r '.manifests[] | "\(.platform.os)/\(.platform.architecture) \
 # annotation LAYOUT KEY: an annotation of the index.
 annotation() { jq -r --arg k "$2" '.annotations[$k]' "$(blob "$1" "$(index_digest "$1")")"; }
 
-# 1. Two clean builds of HEAD, in directories of different names and depths.
+# 1. Two clean builds of HEAD, in directories of different names and depths. Both of the
+# commit that was HEAD when this started, whatever is committed meanwhile.
+head=$(git rev-parse HEAD)
 repro_build() { # DIR OUTPUT_BASE: prints the index digest, and each platform's on stderr
 	local dir=$1 ob=$2 out
 	mkdir -p "$(dirname "$dir")"
-	git clone -q --no-hardlinks "$repo_root" "$dir"
+	git clone -q --no-hardlinks "$repo_root" "$dir" && git -C "$dir" checkout -q "$head"
 	(cd "$dir" && nice -n 10 tools/bazel --output_base="$ob" build "${flags[@]}" //release:image >&2 &&
 		out=$(tools/bazel --output_base="$ob" info bazel-bin 2>/dev/null)/release &&
 		platforms "$out/image" | sed 's/^/release\/ci:   /' >&2 &&
 		cat "$out/image.digest" &&
 		tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
 }
-phase "reproducibility: two clean builds of $(git rev-parse --short HEAD)"
+phase "reproducibility: two clean builds of ${head:0:7}"
 # (Registered here, not in repro_build: that runs in a subshell.)
 output_bases+=("$work/ob-a" "$work/ob-b")
 digest_a=$(repro_build "$work/a/kms" "$work/ob-a") || digest_a=
@@ -162,10 +164,10 @@ ref=$(cat "$work/dist/pushed" 2>/dev/null || true)
 built=$(cat "$bin/release/image.digest" 2>/dev/null || true)
 echo "release/ci: pushed $ref (built $built)"
 check "pushed digest is the built digest" test -n "$built" -a "${ref#*@}" = "$built"
-if [[ -z $(git status --porcelain) ]]; then
+if [[ -z $(git status --porcelain) && $(git rev-parse HEAD) == "$head" ]]; then
 	check "released image is the reproducible one" test "$built" = "$digest_a"
 else
-	echo "release/ci: (work tree has changes: the release build is not HEAD's, not compared with the reproducibility digests)"
+	echo "release/ci: (work tree changed since the start: the release build is not the reproducibility builds' commit, not compared with them)"
 fi
 phase "pull back by digest"
 check "pull back by digest is byte-equal" \

@@ -110,18 +110,7 @@ type pod struct {
 }
 
 func TestStaticPod(t *testing.T) {
-	b, err := os.ReadFile("kms-static-pod.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	j, err := yaml.ToJSON(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var p pod
-	if err := json.Unmarshal(j, &p); err != nil {
-		t.Fatal(err)
-	}
+	p := readPod(t)
 	sc := p.Spec.SecurityContext
 	if !sc.RunAsNonRoot || sc.RunAsUser != nonroot || sc.RunAsGroup != nonroot || sc.SeccompProfile.Type != "RuntimeDefault" {
 		t.Errorf("pod securityContext %+v", sc)
@@ -304,9 +293,9 @@ func TestSocketDirectoryAfterReboot(t *testing.T) {
 	}
 }
 
-// podArgs are the static pod's daemon arguments but --command and
-// --endpoint, which the test sets.
-func podArgs(t *testing.T) []string {
+// readPod reads the static pod's manifest.
+func readPod(t *testing.T) pod {
+	t.Helper()
 	b, err := os.ReadFile("kms-static-pod.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -319,6 +308,13 @@ func podArgs(t *testing.T) []string {
 	if err := json.Unmarshal(j, &p); err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// podArgs are the static pod's daemon arguments but --command and
+// --endpoint, which the test sets.
+func podArgs(t *testing.T) []string {
+	p := readPod(t)
 	var args []string
 	for _, a := range p.Spec.Containers[0].Args {
 		if !strings.HasPrefix(a, "--command=") && !strings.HasPrefix(a, "--endpoint=") {
