@@ -53,7 +53,15 @@ func TestThreshold(t *testing.T) {
 	a.stop()
 
 	// B down as well: only the TPM is left, one of two. A comes back.
-	d.outage(t, primary, b.stop, a.start)
+	// Meanwhile each failing run's sss pin gives up as soon as both tang
+	// pins fail, and kms kills the tpm2 pin in flight, leaving its objects
+	// loaded (see flush). Once A is back no run kills a tpm2 pin: wait for
+	// a run that began before to be over, then flush.
+	d.outage(t, primary, b.stop, func() {
+		a.start()
+		time.Sleep(3 * time.Second)
+		tpm.flush()
+	})
 
 	b.start()
 	tpm.changePCR7()

@@ -214,15 +214,19 @@ func createSecrets(t *testing.T, l *Load, n int) {
 	}
 }
 
-// rollingRestart restarts each node's API server (and kms, when kms), one
-// node at a time, drained from the load meanwhile as a load balancer does.
-func rollingRestart(t *testing.T, c *Cluster, l *Load, kms bool) {
+// rollingRestart restarts each node's API server (and, when all, its kms
+// and etcd member too), one node at a time, drained from the load
+// meanwhile as a load balancer does. The other two etcd members keep the
+// quorum.
+func rollingRestart(t *testing.T, c *Cluster, l *Load, all bool) {
 	t.Helper()
 	for i, n := range c.Nodes {
 		l.Drain(i)
 		c.StopAPIServer(t, n)
-		if kms {
+		if all {
 			c.StopKMS(t, n)
+			c.StopEtcd(t, n)
+			c.StartEtcd(t, n)
 			c.StartKMS(t, n)
 		}
 		c.StartAPIServer(t, n)
