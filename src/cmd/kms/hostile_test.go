@@ -3,7 +3,12 @@ package main
 // Hostile clients on the socket: what they can make the daemon hold.
 
 import (
+	"bufio"
 	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -30,18 +35,25 @@ func TestUnreadStreamsAreBounded(t *testing.T) {
 	d := startDaemon(t, sock, "--command", "cat "+ring)
 	pid := d.Cmd.Process.Pid
 
-	msg, err := proto.Marshal(&v2.EncryptRequest{Plaintext: make([]byte, 60<<10), Uid: "hostile"})
+	// The attackers run in a process of their own, as they would on a node:
+	// in this one they would compete with the honest client for its threads,
+	// and its latency would measure the test's scheduler, not the daemon.
+	attack := exec.Command(os.Args[0], "-test.run=^$")
+	attack.Env = append(os.Environ(), attackEnv+"="+sock)
+	attack.Stderr = os.Stderr
+	toAttack, err := attack.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	const conns, streams = 4, 1000
-	attackers := make([]*testbin.RawH2, conns)
-	for i := range attackers {
-		if attackers[i], err = testbin.DialRawH2(sock, 0); err != nil {
-			t.Fatal(err)
-		}
-		defer attackers[i].Close()
+	fromAttack, err := attack.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
+	if err := attack.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer attack.Process.Kill()
+	report := bufio.NewScanner(fromAttack)
 
 	// The honest client calls throughout the attack and a while after it.
 	stop := make(chan struct{})
@@ -66,42 +78,28 @@ func TestUnreadStreamsAreBounded(t *testing.T) {
 		}
 	}()
 
-	began := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, conns)
-	for _, a := range attackers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range streams {
-				if err := a.Call("/v2.KeyManagementService/Encrypt", msg); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
+	if !report.Scan() { // the attack is sent
+		t.Fatalf("the attacking process ended: %v", report.Err())
 	}
-	wg.Wait()
-	sent := time.Since(began)
+	sent := report.Text()
 	time.Sleep(2 * time.Second) // the daemon has handled all it accepted
 	close(stop)
 	<-honest
-	close(errs)
-	for err := range errs {
-		t.Logf("an attacker's connection ended early: %v", err)
+	hwm, rss := testbin.ProcStatus(t, pid, "VmHWM"), testbin.ProcStatus(t, pid, "VmRSS")
+	toAttack.Close()
+	if !report.Scan() { // its counts, read with its connections still open
+		t.Fatalf("the attacking process ended: %v", report.Err())
+	}
+	counts := report.Text()
+	if err := attack.Wait(); err != nil {
+		t.Fatalf("the attacking process: %v", err)
 	}
 
-	hwm, rss := testbin.ProcStatus(t, pid, "VmHWM"), testbin.ProcStatus(t, pid, "VmRSS")
-	var refused, answered int64
-	for _, a := range attackers {
-		refused += a.Refused.Load()
-		answered += a.Answered.Load()
-	}
 	slices.Sort(latencies)
 	p99 := latencies[len(latencies)*99/100]
-	t.Logf("%d connections x %d unread 60 KB Encrypts sent in %v: %d refused, %d answered (headers only); "+
+	t.Logf("%d connections x %d unread 60 KB Encrypts sent in %s: %s (headers only); "+
 		"daemon RSS peak %.1f MiB, now %.1f MiB; honest client: %d calls, p99 %v, max %v, %d failed",
-		conns, streams, sent.Round(time.Millisecond), refused, answered, float64(hwm)/(1<<20), float64(rss)/(1<<20),
+		attackConns, attackStreams, sent, counts, float64(hwm)/(1<<20), float64(rss)/(1<<20),
 		len(latencies), p99, latencies[len(latencies)-1], len(failures))
 	if len(failures) > 0 {
 		t.Errorf("the honest client's calls failed: %v", failures[0])
@@ -170,4 +168,52 @@ func TestIdleConnectionsAreBounded(t *testing.T) {
 		_, err := d.v2.Status(ctx, &v2.StatusRequest{})
 		return err == nil
 	})
+}
+
+// attackEnv names, for a copy of this test binary, the socket it attacks
+// as TestUnreadStreamsAreBounded's hostile client (see attackUnread).
+const attackEnv = "KMS_TEST_ATTACK_SOCKET"
+
+const attackConns, attackStreams = 4, 1000
+
+// attackUnread is that hostile client's process. It opens attackConns
+// connections with a zero receive window, sends attackStreams Encrypts of
+// 60 KB on each, prints how long that took, holds its connections until its
+// stdin closes, then prints what the daemon refused and answered.
+func attackUnread(sock string) int {
+	msg, err := proto.Marshal(&v2.EncryptRequest{Plaintext: make([]byte, 60<<10), Uid: "hostile"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	attackers := make([]*testbin.RawH2, attackConns)
+	for i := range attackers {
+		if attackers[i], err = testbin.DialRawH2(sock, 0); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer attackers[i].Close()
+	}
+	began := time.Now()
+	var wg sync.WaitGroup
+	for _, a := range attackers {
+		wg.Go(func() {
+			for range attackStreams {
+				if err := a.Call("/v2.KeyManagementService/Encrypt", msg); err != nil {
+					fmt.Fprintf(os.Stderr, "an attacker's connection ended early: %v\n", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	fmt.Println(time.Since(began).Round(time.Millisecond))
+	io.Copy(io.Discard, os.Stdin)
+	var refused, answered int64
+	for _, a := range attackers {
+		refused += a.Refused.Load()
+		answered += a.Answered.Load()
+	}
+	fmt.Printf("%d refused, %d answered\n", refused, answered)
+	return 0
 }
