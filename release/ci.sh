@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The slow release checks, for .ci/run (cosign is built once and cached); docs/release.md
 # ("CI") lists them and gives the measured time:
-#   1. reproducibility: two stamped builds of HEAD from clean output bases in different
-#      directories give the same image index digest (printed, with each platform's);
+#   1. reproducibility: two stamped builds of HEAD in directories of different names and
+#      depths, with no outputs and no action cache in common, give the same image index
+#      digest (printed, with each platform's): one from an empty output base in a fresh
+#      clone, one in the work tree (its output base is empty too in a fresh CI; the steps
+#      below reuse that build);
 #   2. names: an unstamped build is "devel" in the image, in `podman load` and in
 #      `kms --version`; a stamped one is its version in all three;
 #   3. metadata: SOURCE_DATE_EPOCH reaches the image; licenses annotation and SBOM license;
@@ -18,8 +21,7 @@
 #      a changed binary, a re-summed bundle and an extra file.
 # Needs root (tools/bazel's chroot, the image tests) and the network to the Go module proxy
 # and apt mirror. Downloads are shared by every output base (the Go module cache and
-# Bazel's repository cache); the two reproducibility builds share no outputs and no action
-# cache. Exits non-zero if any check fails. On any exit it stops the registries and the
+# Bazel's repository cache), nothing else. Exits non-zero if any check fails. On any exit it stops the registries and the
 # Bazel servers it started and removes its temporary directory.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
@@ -83,28 +85,43 @@ platforms() { jq -r '.manifests[] | "\(.platform.os)/\(.platform.architecture) \
 # annotation LAYOUT KEY: an annotation of the index.
 annotation() { jq -r --arg k "$2" '.annotations[$k]' "$(blob "$1" "$(index_digest "$1")")"; }
 
-# 1. Two clean builds of HEAD, in directories of different names and depths. Both of the
-# commit that was HEAD when this started, whatever is committed meanwhile.
+# 1. Two builds of HEAD, in directories of different names and depths and with output bases
+# that share nothing: a clean one in a fresh clone, and the work tree's own, which the steps
+# below reuse. Both are of the commit that was HEAD when this started, whatever is
+# committed meanwhile; a work tree that differs from it gets a second clean clone instead.
 head=$(git rev-parse HEAD)
-repro_build() { # DIR OUTPUT_BASE: prints the index digest, and each platform's on stderr
-	local dir=$1 ob=$2 out
-	mkdir -p "$(dirname "$dir")"
-	git clone -q --no-hardlinks "$repo_root" "$dir" && git -C "$dir" checkout -q "$head"
-	(cd "$dir" && nice -n 10 tools/bazel --output_base="$ob" build "${flags[@]}" //release:image >&2 &&
-		out=$(tools/bazel --output_base="$ob" info bazel-bin 2>/dev/null)/release &&
+index_build() { # DIR [STARTUP OPTION]: prints the index digest, and each platform's on stderr
+	local dir=$1 out
+	shift
+	(cd "$dir" && nice -n 10 tools/bazel "$@" build "${flags[@]}" //release:image >&2 &&
+		out=$(tools/bazel "$@" info "${flags[@]}" bazel-bin 2>/dev/null)/release &&
 		platforms "$out/image" | sed 's/^/release\/ci:   /' >&2 &&
-		cat "$out/image.digest" &&
-		tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
+		cat "$out/image.digest")
 }
-phase "reproducibility: two clean builds of ${head:0:7}"
-# (Registered here, not in repro_build: that runs in a subshell.)
+clean_build() { # DIR OUTPUT_BASE: index_build in a fresh clone of HEAD
+	local dir=$1 ob=$2
+	mkdir -p "$(dirname "$dir")"
+	git clone -q --no-hardlinks "$repo_root" "$dir" && git -C "$dir" checkout -q "$head" &&
+		index_build "$dir" --output_base="$ob" &&
+		(cd "$dir" && tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
+}
+# (Registered here, not in clean_build: that runs in a subshell.)
 output_bases+=("$work/ob-a" "$work/ob-b")
-digest_a=$(repro_build "$work/a/kms" "$work/ob-a") || digest_a=
-phase "reproducibility: build 1 done"
-digest_b=$(repro_build "$work/bb/cc/kms-copy" "$work/ob-b") || digest_b=
-phase "reproducibility: build 2 done"
-echo "release/ci: reproducibility: build 1 ($work/a/kms): index $digest_a"
-echo "release/ci: reproducibility: build 2 ($work/bb/cc/kms-copy): index $digest_b"
+phase "reproducibility: a clean build of ${head:0:7}"
+where_a=$work/a/kms
+digest_a=$(clean_build "$where_a" "$work/ob-a") || digest_a=
+if [[ -z $(git status --porcelain) && $(git rev-parse HEAD) == "$head" ]]; then
+	where_b=$repo_root
+	phase "reproducibility: the work tree's build"
+	digest_b=$(index_build "$where_b") || digest_b=
+else
+	where_b=$work/bb/cc/kms-copy
+	phase "reproducibility: the work tree is not ${head:0:7}: a second clean build"
+	digest_b=$(clean_build "$where_b" "$work/ob-b") || digest_b=
+fi
+phase "reproducibility: both built"
+echo "release/ci: reproducibility: build 1 ($where_a): index $digest_a"
+echo "release/ci: reproducibility: build 2 ($where_b): index $digest_b"
 check "reproducible image index digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"
 
 bin=$(tools/bazel info "${flags[@]}" bazel-bin 2>/dev/null)
