@@ -21,8 +21,9 @@
 #      a changed binary, a re-summed bundle and an extra file.
 # Needs root (tools/bazel's chroot, the image tests) and the network to the Go module proxy
 # and apt mirror. Downloads are shared by every output base (the Go module cache and
-# Bazel's repository cache), nothing else. Exits non-zero if any check fails. On any exit it stops the registries and the
-# Bazel servers it started and removes its temporary directory.
+# Bazel's repository cache), nothing else. Exits non-zero if any check fails. On any exit
+# it stops the registries and the Bazel servers it started and removes its temporary
+# directory.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
