@@ -35,10 +35,14 @@ func TestHADrill(t *testing.T) { drill(t, "v2") }
 func TestHADrillV1(t *testing.T) { drill(t, "v1") }
 
 // drill is the whole procedure for KMS API api.
-func drill(t *testing.T, api string) {
+func drill(tt *testing.T, api string) {
 	if testing.Short() {
-		t.Skip("the HA drill runs three etcd members and three kube-apiservers")
+		tt.Skip("the HA drill runs three etcd members and three kube-apiservers")
 	}
+	t := &recorder{TB: tt}
+	// Registered before New's, so it runs after New's log dump: a CI
+	// shows the end of the output, which must say why the drill failed.
+	t.Cleanup(t.repeat)
 	BinDir(t) // before the clock starts: the build is not the drill
 	began := time.Now()
 	old, neu := Provider{"v2", "kms"}, Provider{"v2", "kms"}
@@ -154,11 +158,14 @@ func drill(t *testing.T, api string) {
 
 // migrateToV2 moves every Secret from the KMS v1 provider v1 to a KMS v2
 // provider, as docs/rotation.md ("From KMS v1 to KMS v2") says: the v2
-// provider first with v1 second, a rolling restart, the rewrite; then v2
-// alone, without the KMSv1 feature gate.
-func migrateToV2(t *testing.T, c *Cluster, l *Load, v1 Provider, id string) {
+// provider second, then first, each in a rolling restart; the rewrite;
+// then v2 alone, without the KMSv1 feature gate.
+func migrateToV2(t testing.TB, c *Cluster, l *Load, v1 Provider, id string) {
 	t.Helper()
 	v2 := Provider{"v2", "kms-v2"}
+	l.Phase("v1 to v2: v2 provider second")
+	c.SetProviders(t, v1, v2)
+	rollingRestart(t, c, l, false)
 	l.Phase("v1 to v2: v2 provider first")
 	c.SetProviders(t, v2, v1)
 	rollingRestart(t, c, l, false)
@@ -177,7 +184,7 @@ func migrateToV2(t *testing.T, c *Cluster, l *Load, v1 Provider, id string) {
 }
 
 // rewrite rewrites every Secret as docs/rotation.md says.
-func rewrite(t *testing.T, c *Cluster) {
+func rewrite(t testing.TB, c *Cluster) {
 	t.Helper()
 	out := c.Sh(t, "kubectl get secrets -A -o json | kubectl replace -f -")
 	if n := strings.Count(out, " replaced\n"); n < secrets {
@@ -197,7 +204,7 @@ func primary(keys Keys) string {
 
 // createSecrets creates n Secrets in namespace drill, a third through each
 // API server.
-func createSecrets(t *testing.T, l *Load, n int) {
+func createSecrets(t testing.TB, l *Load, n int) {
 	var wg sync.WaitGroup
 	for w := range 6 {
 		wg.Add(1)
@@ -217,8 +224,9 @@ func createSecrets(t *testing.T, l *Load, n int) {
 // rollingRestart restarts each node's API server (and, when all, its kms
 // and etcd member too), one node at a time, drained from the load
 // meanwhile as a load balancer does. The other two etcd members keep the
-// quorum.
-func rollingRestart(t *testing.T, c *Cluster, l *Load, all bool) {
+// quorum. After each restart, every node must read what the restarted one
+// writes: mid-way, the others still run the configuration it left.
+func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool) {
 	t.Helper()
 	for i, n := range c.Nodes {
 		l.Drain(i)
@@ -231,6 +239,27 @@ func rollingRestart(t *testing.T, c *Cluster, l *Load, all bool) {
 		}
 		c.StartAPIServer(t, n)
 		l.Undrain(i)
+		crossRead(t, l.clients, i)
+	}
+}
+
+// crossRead writes a Secret through node w and reads it through every
+// node.
+func crossRead(t testing.TB, clients []kubernetes.Interface, w int) {
+	t.Helper()
+	ctx := context.Background()
+	name := fmt.Sprintf("cross-read-n%d", w+1)
+	sc := clients[w].CoreV1().Secrets("drill")
+	if _, err := sc.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string][]byte{"v": []byte(name)}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("n%d, restarted: write: %s", w+1, describe(err))
+	}
+	for r, k := range clients {
+		if _, err := k.CoreV1().Secrets("drill").Get(ctx, name, metav1.GetOptions{}); err != nil {
+			t.Fatalf("n%d cannot read what n%d writes since its restart: %s", r+1, w+1, describe(err))
+		}
+	}
+	if err := sc.Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("n%d: delete %s: %s", w+1, name, describe(err))
 	}
 }
 
@@ -239,7 +268,7 @@ func rollingRestart(t *testing.T, c *Cluster, l *Load, all bool) {
 // it back from etcd with etcdctl. KMS v2 API servers take up a new key_id
 // at their next Status call, which a /readyz probe more than 20 s after
 // the last one makes.
-func waitWrites(t *testing.T, c *Cluster, p Provider, id, health string) {
+func waitWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
 	t.Helper()
 	want := p.API + ":" + p.Name + ":" + id
 	deadline := time.Now().Add(2 * time.Minute)
@@ -272,7 +301,7 @@ func waitWrites(t *testing.T, c *Cluster, p Provider, id, health string) {
 
 // waitHealth waits until n's API server check path answers 200 (ok) or
 // not, and checks that the other API servers answer 200 meanwhile.
-func waitHealth(t *testing.T, c *Cluster, n *node, path string, ok bool) {
+func waitHealth(t testing.TB, c *Cluster, n *node, path string, ok bool) {
 	t.Helper()
 	deadline := time.Now().Add(90 * time.Second)
 	for {
@@ -304,7 +333,7 @@ func waitHealth(t *testing.T, c *Cluster, n *node, path string, ok bool) {
 
 // readBack lists the Secrets through every API server and compares them
 // with what was written.
-func readBack(t *testing.T, clients []kubernetes.Interface, want map[string]string) {
+func readBack(t testing.TB, clients []kubernetes.Interface, want map[string]string) {
 	t.Helper()
 	for i, k := range clients {
 		got := map[string]string{}
@@ -347,7 +376,7 @@ var faults = map[string]struct {
 	}},
 }
 
-func checkFailures(t *testing.T, phases []*Phase) {
+func checkFailures(t testing.TB, phases []*Phase) {
 	t.Helper()
 	for _, p := range phases {
 		f, isFault := faults[p.Name]
@@ -370,7 +399,7 @@ func checkFailures(t *testing.T, phases []*Phase) {
 
 // report stops the load and prints, phase by phase, the failures it saw,
 // and the summary line.
-func report(t *testing.T, api string, l *Load, began time.Time) {
+func report(t testing.TB, api string, l *Load, began time.Time) {
 	phases, written, total := l.Stop(), len(l.Want()), time.Since(began)
 	var ops, fails int
 	var parts []string
@@ -393,4 +422,47 @@ func report(t *testing.T, api string, l *Load, began time.Time) {
 	}
 	t.Logf("SUMMARY HA drill KMS %s: %d secrets (%d drill, %d load); %d ops, %d failed; %s; total %v",
 		api, written, secrets, written-secrets, ops, fails, strings.Join(parts, "; "), total.Round(time.Second))
+}
+
+// recorder is a testing.TB that keeps what made the test fail.
+type recorder struct {
+	testing.TB
+	mu       sync.Mutex
+	failures []string
+}
+
+func (r *recorder) keep(msg string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failures = append(r.failures, msg)
+}
+
+func (r *recorder) Error(args ...any) {
+	r.TB.Helper()
+	r.keep(fmt.Sprint(args...))
+	r.TB.Error(args...)
+}
+func (r *recorder) Fatal(args ...any) {
+	r.TB.Helper()
+	r.keep(fmt.Sprint(args...))
+	r.TB.Fatal(args...)
+}
+func (r *recorder) Errorf(format string, args ...any) {
+	r.TB.Helper()
+	r.keep(fmt.Sprintf(format, args...))
+	r.TB.Errorf(format, args...)
+}
+func (r *recorder) Fatalf(format string, args ...any) {
+	r.TB.Helper()
+	r.keep(fmt.Sprintf(format, args...))
+	r.TB.Fatalf(format, args...)
+}
+
+// repeat logs the failures again.
+func (r *recorder) repeat() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range r.failures {
+		r.Logf("FAILED: %s", f)
+	}
 }
