@@ -8,6 +8,11 @@ import (
 	"testing"
 )
 
+// MaxDaemonRSS is the most memory the daemon may hold, hostile clients or
+// not: half the 128Mi limit of the static pod (release/deploy), above which
+// the kubelet kills it and every API server write fails.
+const MaxDaemonRSS = 64 << 20
+
 // ProcStatus returns a size field of /proc/PID/status in bytes, e.g.
 // "VmRSS" (resident now), "VmHWM" (the peak resident size) or "VmLck"
 // (locked in memory).

@@ -301,7 +301,7 @@ func TestMemoryLockedWherePossible(t *testing.T) {
 	if !strings.Contains(d.Stderr(), "memory locked") || locked == 0 {
 		t.Fatalf("memory not locked (VmLck %d):\n%s", locked, d.Stderr())
 	}
-	if rss >= maxRSS {
+	if rss >= testbin.MaxDaemonRSS {
 		t.Errorf("RSS %.1f MiB with memory locked", float64(rss)/(1<<20))
 	}
 	off := startDaemon(t, filepath.Join(dir, "off.sock"), "--command", "cat "+ring, "--mlock", "off")
