@@ -1,7 +1,7 @@
 // Package codec encrypts and decrypts data encryption keys under a set of
 // KEKs. Ciphertext formats (see docs/kek.md):
 //
-//	legacy (2018, decrypt only): ":ck:aescbc:v1:" ‖ IV(16) ‖ AES-CBC(PKCS#7(p))
+//	legacy (2018):               ":ck:aescbc:v1:" ‖ IV(16) ‖ AES-CBC(PKCS#7(p))
 //	aesgcm:                      ":ck:v2:aesgcm:" ‖ key id(16) ‖ nonce(12) ‖ AES-GCM(p), header as AAD
 //	aescbc:                      ":ck:v2:aescbc:" ‖ key id(16) ‖ IV(16) ‖ AES-CBC(PKCS#7(p))
 //
@@ -27,11 +27,19 @@ type Mode uint8
 const (
 	AESGCM Mode = iota
 	AESCBC
+	// Legacy writes the 2018 daemon's format with the primary key, so that
+	// 2018 daemons still running beside kms can read what kms writes. The
+	// format names no key: the 2018 daemon held one raw key and kms tries
+	// every key it holds.
+	Legacy
 )
 
 func (m Mode) String() string {
-	if m == AESCBC {
+	switch m {
+	case AESCBC:
 		return "aescbc"
+	case Legacy:
+		return "legacy"
 	}
 	return "aesgcm"
 }
@@ -43,8 +51,10 @@ func ParseMode(s string) (Mode, error) {
 		return AESGCM, nil
 	case "aescbc":
 		return AESCBC, nil
+	case "legacy":
+		return Legacy, nil
 	}
-	return 0, fmt.Errorf("unknown mode %q: want aesgcm or aescbc", s)
+	return 0, fmt.Errorf("unknown mode %q: want aesgcm, aescbc or legacy", s)
 }
 
 const (
@@ -134,8 +144,11 @@ func (s *Set) Encrypt(mode Mode, plaintext []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %d bytes, max %d", ErrTooLarge, len(plaintext), MaxPlaintext)
 	}
 	k := s.keys[0]
-	if mode == AESCBC {
-		return k.encryptCBC(plaintext)
+	switch mode {
+	case AESCBC:
+		return k.encryptCBC(cbcHeader, k.ID[:], plaintext)
+	case Legacy:
+		return k.encryptCBC(legacyHeader, nil, plaintext)
 	}
 	out := make([]byte, headerLen+nonceLen, headerLen+nonceLen+len(plaintext)+gcmOverhead)
 	copy(out, gcmHeader)
@@ -146,16 +159,19 @@ func (s *Set) Encrypt(mode Mode, plaintext []byte) ([]byte, error) {
 	return k.gcm.Seal(out, out[headerLen:], plaintext, out[:headerLen]), nil
 }
 
-func (k *Key) encryptCBC(plaintext []byte) ([]byte, error) {
+// encryptCBC returns tag ‖ id ‖ IV ‖ AES-CBC(PKCS#7(plaintext)); the 2018
+// format has no id.
+func (k *Key) encryptCBC(tag string, id, plaintext []byte) ([]byte, error) {
+	n := len(tag) + len(id)
 	pad := aes.BlockSize - len(plaintext)%aes.BlockSize
-	out := make([]byte, headerLen+aes.BlockSize+len(plaintext)+pad)
-	copy(out, cbcHeader)
-	copy(out[tagLen:], k.ID[:])
-	iv := out[headerLen : headerLen+aes.BlockSize]
+	out := make([]byte, n+aes.BlockSize+len(plaintext)+pad)
+	copy(out, tag)
+	copy(out[len(tag):], id)
+	iv := out[n : n+aes.BlockSize]
 	if _, err := rand.Read(iv); err != nil {
 		return nil, err
 	}
-	body := out[headerLen+aes.BlockSize:]
+	body := out[n+aes.BlockSize:]
 	copy(body, plaintext)
 	for i := len(plaintext); i < len(body); i++ {
 		body[i] = byte(pad)

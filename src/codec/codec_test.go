@@ -85,6 +85,36 @@ func TestLegacyDEKBehindOtherKeys(t *testing.T) {
 	}
 }
 
+// --mode legacy writes what the 2018 daemon reads: its format under the
+// primary key alone (the 2018 daemon held one key), every plaintext size
+// kube-apiserver may send included.
+func TestLegacyEncrypt(t *testing.T) {
+	primary, other := randBytes(32), randBytes(16)
+	set := NewSet([]*Key{mustKey(t, primary), mustKey(t, other)})
+	for _, n := range []int{0, 1, 15, 16, 32, 33} {
+		plain := randBytes(n)
+		ct, err := set.Encrypt(Legacy, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := len(codectest.LegacyPrefix) + 16 + (n/16+1)*16; len(ct) != want {
+			t.Fatalf("%d bytes: ciphertext is %d bytes, want %d", n, len(ct), want)
+		}
+		if p, ok := codectest.LegacyDecrypt(primary, ct); !ok || !bytes.Equal(p, plain) {
+			t.Fatalf("%d bytes: the 2018 decryption with the primary key: %x, %v", n, p, ok)
+		}
+		if n == 32 {
+			if _, ok := codectest.LegacyDecrypt(other, ct); ok {
+				t.Fatal("the secondary key opens a legacy ciphertext")
+			}
+		}
+		p, k, err := set.Decrypt(ct)
+		if err != nil || !bytes.Equal(p, plain) || k != set.Primary() {
+			t.Fatalf("%d bytes: Decrypt: %x, %v, %v", n, p, k, err)
+		}
+	}
+}
+
 func TestRoundTrip(t *testing.T) {
 	for _, mode := range []Mode{AESGCM, AESCBC} {
 		for _, size := range []int{16, 24, 32} {
@@ -212,7 +242,7 @@ func TestMalformed(t *testing.T) {
 }
 
 func TestParseMode(t *testing.T) {
-	for _, m := range []Mode{AESGCM, AESCBC} {
+	for _, m := range []Mode{AESGCM, AESCBC, Legacy} {
 		if got, err := ParseMode(m.String()); err != nil || got != m {
 			t.Fatal(m, err)
 		}
@@ -249,7 +279,7 @@ func FuzzDecrypt(f *testing.F) {
 	for _, v := range codectest.LegacyVectors {
 		f.Add(v.Ciphertext())
 	}
-	for _, m := range []Mode{AESGCM, AESCBC} {
+	for _, m := range []Mode{AESGCM, AESCBC, Legacy} {
 		ct, _ := set.Encrypt(m, []byte("0123456789abcdef0123456789abcdef"))
 		f.Add(ct)
 		f.Add(ct[:len(ct)-1])

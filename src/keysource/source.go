@@ -274,6 +274,9 @@ func (s *Source) Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err
 	return ciphertext, r.set.Primary().KeyID, err
 }
 
+// Mode is the codec Encrypt uses (Config.Mode).
+func (s *Source) Mode() codec.Mode { return s.cfg.Mode }
+
 // Decrypt opens a ciphertext of any format (codec.Set.Decrypt) and names
 // the key that opened it.
 func (s *Source) Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err error) {

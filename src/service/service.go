@@ -36,6 +36,12 @@ var (
 	errEmptyPlain   = status.Error(codes.InvalidArgument, "plaintext is empty")
 	errEmptyCipher  = status.Error(codes.InvalidArgument, "ciphertext is empty")
 	errMissingKeyID = status.Error(codes.InvalidArgument, "key_id is empty; pass the key_id that Encrypt returned")
+	// The 2018 format exists for the 2018 daemon, which spoke KMS v1 only;
+	// under KMS v2 it would only give up authentication. kube-apiserver's
+	// probe of every v2 provider, read-only ones too, calls Encrypt, so a v2
+	// provider on a legacy kms shows unhealthy with this reason: --mode
+	// legacy belongs to the KMS v1 rounds of a move from 2018.
+	errLegacyV2 = status.Error(codes.FailedPrecondition, "kms runs with --mode legacy, which writes the 2018 format for KMS v1 only; a KMS v2 provider needs --mode aesgcm")
 )
 
 func encrypt(keys *keysource.Source, plaintext []byte) (ciphertext []byte, keyID string, err error) {
@@ -132,6 +138,9 @@ func (s *v2Service) Status(context.Context, *v2.StatusRequest) (*v2.StatusRespon
 // Encrypt returns no annotations: the ciphertext header already names
 // codec and key.
 func (s *v2Service) Encrypt(_ context.Context, req *v2.EncryptRequest) (*v2.EncryptResponse, error) {
+	if s.keys.Mode() == codec.Legacy {
+		return nil, errLegacyV2
+	}
 	ct, id, err := encrypt(s.keys, req.Plaintext)
 	if err != nil {
 		return nil, err

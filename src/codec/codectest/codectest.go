@@ -53,6 +53,27 @@ func LegacyEncrypt(key, iv, plain []byte) []byte {
 	return append(append([]byte(LegacyPrefix), iv...), padded...)
 }
 
+// LegacyDecrypt is the 2018 daemon's decryption and nothing more: it
+// accepts only LegacyPrefix ‖ IV ‖ AES-CBC(PKCS#7(plain)) under key, and
+// reports false for anything else, kms's ":ck:v2:" formats included.
+func LegacyDecrypt(key, ciphertext []byte) ([]byte, bool) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err)
+	}
+	body, ok := bytes.CutPrefix(ciphertext, []byte(LegacyPrefix))
+	if !ok || len(body) < 32 || len(body)%16 != 0 {
+		return nil, false
+	}
+	plain := make([]byte, len(body)-16)
+	cipher.NewCBCDecrypter(block, body[:16]).CryptBlocks(plain, body[16:])
+	n := int(plain[len(plain)-1])
+	if n < 1 || n > 16 || !bytes.Equal(plain[len(plain)-n:], bytes.Repeat([]byte{byte(n)}, n)) {
+		return nil, false
+	}
+	return plain[:len(plain)-n], true
+}
+
 // Unhex decodes s, which must be hex.
 func Unhex(s string) []byte {
 	b, err := hex.DecodeString(s)

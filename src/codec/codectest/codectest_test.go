@@ -12,3 +12,16 @@ func TestLegacyEncryptMatchesOpenSSL(t *testing.T) {
 		}
 	}
 }
+
+func TestLegacyDecryptMatchesOpenSSL(t *testing.T) {
+	for i, v := range LegacyVectors {
+		if p, ok := LegacyDecrypt(v.Key(), v.Ciphertext()); !ok || string(p) != v.Plain {
+			t.Fatalf("vector %d: the independent decoder disagrees with openssl: %q, %v", i, p, ok)
+		}
+	}
+	// It knows nothing but the 2018 format.
+	ct := append([]byte(":ck:v2:aescbc:"), LegacyVectors[1].Ciphertext()[len(LegacyPrefix):]...)
+	if _, ok := LegacyDecrypt(LegacyVectors[1].Key(), ct); ok {
+		t.Fatal("accepted a :ck:v2: header")
+	}
+}
