@@ -32,7 +32,13 @@ import (
 	"github.com/cmdkms/kms/tools/helpers/helpertest"
 )
 
-func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
+func TestMain(m *testing.M) {
+	// The pages' blocks call systemctl: see fakeSystemctl.
+	if filepath.Base(os.Args[0]) == "systemctl" {
+		os.Exit(fakeSystemctl(os.Args[1:]))
+	}
+	os.Exit(testbin.Main(m))
+}
 
 // dropins is where the recipes' systemd drop-ins live, from this package's
 // directory (in the source tree and in Bazel's runfiles alike).
