@@ -7,9 +7,13 @@ package systemd
 import (
 	"bufio"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -146,10 +150,35 @@ func TestUnitSettings(t *testing.T) {
 			t.Errorf("kms.service %s=%s, want %s", k, got, want)
 		}
 	}
-	if argv := splitExec(t, one(t, svc, "ExecStart")); strings.Contains(strings.Join(argv, " "), "--endpoint") {
+	argv := splitExec(t, one(t, svc, "ExecStart"))
+	if strings.Contains(strings.Join(argv, " "), "--endpoint") {
 		t.Errorf("ExecStart must not pass --endpoint: the socket comes from kms.socket: %q", argv)
 	}
+	// Metrics for an agent on the node, and for nobody else: the endpoints
+	// have no authentication.
+	if !slices.Contains(argv, "--health-address="+healthAddress) {
+		t.Errorf("ExecStart must serve metrics on loopback (--health-address=%s): %q", healthAddress, argv)
+	}
+	// Each unit's Documentation= names a page that exists in the tree (the
+	// README section the units named once has moved).
+	for name, u := range map[string]map[string][]string{"kms.socket": sock, "kms.service": svc} {
+		url := one(t, u, "Documentation")
+		page, ok := strings.CutPrefix(url, docsURL)
+		if !ok {
+			t.Errorf("%s: Documentation=%s is not under %s", name, url, docsURL)
+			continue
+		}
+		if _, err := os.Stat(filepath.Join("../../..", page)); err != nil {
+			t.Errorf("%s: Documentation=%s: %v", name, url, err)
+		}
+	}
 }
+
+// docsURL is where the repository's files are published.
+const docsURL = "https://github.com/cmdkms/kms/blob/main/"
+
+// healthAddress is the --health-address of kms.service, the static pod's.
+const healthAddress = "127.0.0.1:9464"
 
 // The service's own ExecStart, run on a socket passed the systemd way: the
 // KEK comes through kek-file from a credentials directory (%d), and a call
@@ -182,6 +211,12 @@ func TestSocketActivation(t *testing.T) {
 		t.Fatalf("ExecStart runs %s", argv[0])
 	}
 	argv[0] = kms
+	// Any free loopback port: 9464 may be taken on a shared machine.
+	i := slices.Index(argv, "--health-address="+healthAddress)
+	if i < 0 {
+		t.Fatalf("ExecStart has no --health-address=%s: %q", healthAddress, argv)
+	}
+	argv[i] = "--health-address=127.0.0.1:0"
 	sock := filepath.Join(dir, "kms.sock")
 	args := append([]string{"--listen=" + sock, "-E", "PATH=" + filepath.Dir(kekFile) + ":/usr/bin:/bin"}, argv...)
 	// systemd-socket-activate listens, waits for the first connection and
@@ -210,6 +245,20 @@ func TestSocketActivation(t *testing.T) {
 	}
 	// kms logs this once it serves, so the calls above can come first.
 	d.WaitLog(t, `msg="serving KMS v1beta1 and v2" socket=`+sock+" ", 30*time.Second)
+
+	m := regexp.MustCompile(`msg="serving /healthz, /readyz and /metrics" address=(127\.0\.0\.1:\d+)`).FindStringSubmatch(d.Stderr())
+	if m == nil {
+		t.Fatalf("no health listener:\n%s", d.Stderr())
+	}
+	resp, err := http.Get("http://" + m[1] + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if want := `kms_kek_key_info{key_id="` + wantID + `",role="primary"} 1`; !strings.Contains(string(metrics), want) {
+		t.Fatalf("/metrics lacks %s:\n%s", want, metrics)
+	}
 	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, d.Stderr())
 	}

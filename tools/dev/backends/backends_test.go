@@ -129,6 +129,10 @@ func keyIDs(t *testing.T, ring []byte) []string {
 	return ids
 }
 
+// execStart matches a drop-in's ExecStart= and captures its KEK command.
+// The drop-ins keep kms.service's loopback metrics.
+var execStart = regexp.MustCompile(`(?m)^ExecStart=/usr/bin/kms --health-address=127\.0\.0\.1:9464 --command '([^']+)'$`)
+
 // dropinCommand returns the KEK command in a recipe's drop-in as systemd
 // hands it to kms: %d is the credentials directory (creds here), $$ a $.
 func dropinCommand(t *testing.T, name, creds string) string {
@@ -137,9 +141,9 @@ func dropinCommand(t *testing.T, name, creds string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^ExecStart=/usr/bin/kms --command '([^']+)'$`).FindSubmatch(b)
+	m := execStart.FindSubmatch(b)
 	if m == nil {
-		t.Fatalf("%s: no ExecStart=/usr/bin/kms --command '...' line", name)
+		t.Fatalf("%s: no ExecStart=/usr/bin/kms --health-address=127.0.0.1:9464 --command '...' line", name)
 	}
 	return strings.NewReplacer("%d", creds, "$$", "$").Replace(string(m[1]))
 }

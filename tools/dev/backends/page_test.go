@@ -244,7 +244,8 @@ func copyPlainKeyrings(t *testing.T, nodes []*node) {
 // root is $NODE_ROOT: `restart kms` does what systemd does with kms.service
 // and its drop-in there — stops the running kms, copies each
 // LoadCredential= file into a fresh credentials directory (%d), and starts
-// the drop-in's ExecStart on the node's socket. Everything else (daemon-
+// the drop-in's ExecStart on the node's socket, where systemd would pass
+// kms.socket's. Everything else (daemon-
 // reload, enable) has nothing to do here. The test binary runs as this
 // when called by that name (TestMain).
 func fakeSystemctl(args []string) int {
@@ -286,9 +287,9 @@ func restartKMS(root string) error {
 				return err
 			}
 		case key == "ExecStart" && value != "":
-			m := regexp.MustCompile(`^/usr/bin/kms --command '([^']+)'$`).FindStringSubmatch(value)
+			m := execStart.FindStringSubmatch(sc.Text())
 			if m == nil {
-				return fmt.Errorf("ExecStart=%s: not /usr/bin/kms --command '...'", value)
+				return fmt.Errorf("ExecStart=%s: not the drop-ins' /usr/bin/kms --health-address=... --command '...'", value)
 			}
 			command = strings.ReplaceAll(m[1], "%d", creds)
 		}
@@ -304,7 +305,9 @@ func restartKMS(root string) error {
 		return err
 	}
 	defer log.Close()
-	cmd := exec.Command(filepath.Join(root, "usr", "bin", "kms"), "--command", command, "--endpoint", "unix://"+filepath.Join(root, "run", "kms", "kms.sock"))
+	// Both nodes share one loopback: any free port stands for 9464.
+	cmd := exec.Command(filepath.Join(root, "usr", "bin", "kms"), "--health-address=127.0.0.1:0", "--command", command,
+		"--endpoint", "unix://"+filepath.Join(root, "run", "kms", "kms.sock"))
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
