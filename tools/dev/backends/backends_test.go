@@ -4,7 +4,8 @@
 // Tang servers and a software TPM, SoftHSM2 through OpenSC's pkcs11-tool),
 // and each recipe's key source fails and comes back: the cache serves, the
 // keys are purged at --timeout, service resumes by itself. Each recipe also
-// rotates its keyring the way its page says.
+// rotates its keyring the way its page says, and docs/backends/tpm2.md's
+// shell blocks run as written on two nodes (page_test.go).
 //
 // The tools are not installed here: .ci/run and tools/bazel's chroot do
 // that. Where one is missing a test skips, naming the package to install.

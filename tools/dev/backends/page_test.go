@@ -118,11 +118,13 @@ func (n *node) keys(t *testing.T) []string {
 	return keys
 }
 
-func (n *node) client(t *testing.T) v2.KeyManagementServiceClient {
+// call runs f on a fresh connection to the node's kms: a restart closes
+// the one before.
+func (n *node) call(t *testing.T, f func(v2.KeyManagementServiceClient)) {
 	t.Helper()
 	conn := testbin.Dial(t, n.socket())
-	t.Cleanup(func() { conn.Close() })
-	return v2.NewKeyManagementServiceClient(conn)
+	defer conn.Close()
+	f(v2.NewKeyManagementServiceClient(conn))
 }
 
 // record is a DEK seed stored through one node's kms, as kube-apiserver
@@ -134,19 +136,26 @@ type record struct {
 
 func write(t *testing.T, n *node, plain string) record {
 	t.Helper()
-	enc, err := n.client(t).Encrypt(context.Background(), &v2.EncryptRequest{Plaintext: []byte(plain), Uid: plain})
-	if err != nil {
-		t.Fatalf("%s: Encrypt: %v", n.name, err)
-	}
-	return record{plain, enc.KeyId, enc.Ciphertext}
+	var r record
+	n.call(t, func(c v2.KeyManagementServiceClient) {
+		enc, err := c.Encrypt(context.Background(), &v2.EncryptRequest{Plaintext: []byte(plain), Uid: plain})
+		if err != nil {
+			t.Fatalf("%s: Encrypt: %v", n.name, err)
+		}
+		r = record{plain, enc.KeyId, enc.Ciphertext}
+	})
+	return r
 }
 
-func (r record) readOn(t *testing.T, n *node) error {
+func (r record) readOn(t *testing.T, n *node) (err error) {
 	t.Helper()
-	dec, err := n.client(t).Decrypt(context.Background(), &v2.DecryptRequest{Ciphertext: r.ciphertext, KeyId: r.keyID, Uid: r.plain})
-	if err == nil && string(dec.Plaintext) != r.plain {
-		err = fmt.Errorf("got %q", dec.Plaintext)
-	}
+	n.call(t, func(c v2.KeyManagementServiceClient) {
+		var dec *v2.DecryptResponse
+		dec, err = c.Decrypt(context.Background(), &v2.DecryptRequest{Ciphertext: r.ciphertext, KeyId: r.keyID, Uid: r.plain})
+		if err == nil && string(dec.Plaintext) != r.plain {
+			err = fmt.Errorf("got %q", dec.Plaintext)
+		}
+	})
 	return err
 }
 
@@ -291,7 +300,7 @@ func restartKMS(root string) error {
 			if m == nil {
 				return fmt.Errorf("ExecStart=%s: not the drop-ins' /usr/bin/kms --health-address=... --command '...'", value)
 			}
-			command = strings.ReplaceAll(m[1], "%d", creds)
+			command = strings.NewReplacer("%d", creds, "$$", "$").Replace(m[1])
 		}
 	}
 	logFile := filepath.Join(root, "kms.log")
