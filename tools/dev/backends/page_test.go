@@ -162,7 +162,7 @@ func (r record) readOn(t *testing.T, n *node) (err error) {
 // The TPM 2.0 page run as written on two nodes, each with its own TPM: its
 // provisioning and the three steps of its rotation must leave both nodes'
 // kms holding the same keys after every block, and what either wrote
-// readable on both. Before the promotion's rewrite is due, the data is
+// readable on both, also between the nodes' turns. Before the promotion's rewrite is due, the data is
 // rewritten under the new primary (what the rewrite in rotation.md does),
 // and after the retirement the old ciphertexts no longer open: under
 // systemd a restart loads each step, so no retired key lingers unlisted.
@@ -179,6 +179,7 @@ func TestTPM2PageOnTwoNodes(t *testing.T) {
 		} else {
 			for _, n := range nodes {
 				n.run(t, b)
+				crossRead(t, n, nodes)
 			}
 		}
 		held := nodes[0].keys(t)
@@ -223,6 +224,24 @@ func TestTPM2PageOnTwoNodes(t *testing.T) {
 	for _, n := range nodes {
 		if err := first[0].readOn(t, n); err == nil {
 			t.Fatalf("%s still decrypts with the retired key after its restart", n.name)
+		}
+	}
+}
+
+// crossRead checks the state between two nodes' turns, which kube-apiserver
+// lives through too: once every node's kms runs, what n's kms writes now
+// must decrypt on every node, whichever step each node has loaded.
+func crossRead(t *testing.T, n *node, nodes []*node) {
+	t.Helper()
+	for _, m := range nodes {
+		if m.keys(t) == nil {
+			return
+		}
+	}
+	r := write(t, n, "written on "+n.name+" in its turn")
+	for _, m := range nodes {
+		if err := r.readOn(t, m); err != nil {
+			t.Fatalf("what %s wrote in its turn (key %s) does not decrypt on %s: %v", n.name, r.keyID, m.name, err)
 		}
 	}
 }
