@@ -1,0 +1,227 @@
+// Command kek-census counts, for each Kubernetes resource stored in etcd,
+// how many values use each encryption envelope (KMS v2 provider and key_id,
+// KMS v1 provider, aescbc/aesgcm/secretbox key, identity), so that no key
+// or provider is removed while a stored value still needs it. It reads etcd
+// directly, read-only, a page at a time: its memory does not grow with the
+// size of the store.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/cmdkms/kms/src/cli"
+)
+
+const usageHead = `kek-census: count the encryption envelopes of the values Kubernetes stores in etcd.
+
+Usage:
+  kek-census --endpoints URL[,URL...] [--cacert F --cert F --key F] [--prefix /registry]
+             [--require-none X]... [--json] [--page-size N] [--dial-timeout D]
+
+For each resource (the key's first segment under --prefix, or group/resource for
+keys like /registry/<group.with.dots>/<resource>/...) it prints how many values use
+each envelope: kms-v2 (provider name and key_id), kms-v1 (provider name, and the
+key_id when kms made the DEK's ciphertext), aescbc, aesgcm, secretbox (key name),
+identity (plaintext) and unknown. It only reads, at one etcd revision, a page at a
+time, linearizably. It needs no Kubernetes access: it reads etcd with an etcd
+client certificate (on a kubeadm node: /etc/kubernetes/pki/etcd/ca.crt and
+healthcheck-client.crt/.key).
+
+--require-none X (a key_id, a provider or key name, or the word identity) fails
+with exit status 1, naming the first values that still use X, unless none does.
+Exit status: 0 ok, 1 a --require-none found values or etcd failed, 2 usage.
+See docs/census.md.
+
+Flags:
+`
+
+type options struct {
+	endpoints           []string
+	cacert, cert, key   string
+	prefix              string
+	requireNone         []string
+	json                bool
+	pageSize            int
+	dialTimeout         time.Duration
+	maxPageBytes        int // the largest response accepted; a page that exceeds it is split
+	firstKeysPerFinding int
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run returns the exit code: 0 ok, 1 failure, 2 usage error.
+func run(args []string, stdout, stderr io.Writer) int {
+	return cli.Command{Name: "kek-census", Usage: usageHead, Flags: func(fs *pflag.FlagSet) func([]string) error {
+		o := &options{maxPageBytes: 32 << 20, firstKeysPerFinding: 10}
+		fs.StringSliceVar(&o.endpoints, "endpoints", nil, "etcd client URLs, comma-separated (https://127.0.0.1:2379)")
+		fs.StringVar(&o.cacert, "cacert", "", "CA bundle that signed etcd's serving certificate (default: the system's)")
+		fs.StringVar(&o.cert, "cert", "", "client certificate for etcd (PEM)")
+		fs.StringVar(&o.key, "key", "", "private key of --cert (PEM)")
+		fs.StringVar(&o.prefix, "prefix", "/registry", "kube-apiserver's --etcd-prefix")
+		fs.StringArrayVar(&o.requireNone, "require-none", nil, "fail if any value uses this key_id, provider or key name, or identity (repeatable)")
+		fs.BoolVar(&o.json, "json", false, "print JSON (fields in docs/census.md) instead of a table")
+		fs.IntVar(&o.pageSize, "page-size", 1000, "values per etcd range request (halved while a page exceeds 32 MiB)")
+		fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for etcd's first answer")
+		return func(args []string) error {
+			if err := o.check(args); err != nil {
+				return err
+			}
+			return census(o, stdout)
+		}
+	}}.Run(args, stdout, stderr)
+}
+
+func (o *options) check(args []string) error {
+	if err := cli.NoArgs(args); err != nil {
+		return err
+	}
+	if len(o.endpoints) == 0 {
+		return cli.Usagef("--endpoints is required (kube-apiserver's --etcd-servers)")
+	}
+	for _, e := range o.endpoints {
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return cli.Usagef("--endpoints %q: want a URL like https://127.0.0.1:2379", e)
+		}
+	}
+	if (o.cert == "") != (o.key == "") {
+		return cli.Usagef("--cert and --key go together")
+	}
+	if !strings.HasPrefix(o.prefix, "/") {
+		return cli.Usagef("--prefix %q: want an absolute key prefix like /registry", o.prefix)
+	}
+	o.prefix = strings.TrimSuffix(o.prefix, "/") + "/"
+	if o.pageSize < 1 {
+		return cli.Usagef("--page-size %d: want 1 or more", o.pageSize)
+	}
+	if o.dialTimeout <= 0 {
+		return cli.Usagef("--dial-timeout %v: want a positive duration", o.dialTimeout)
+	}
+	for _, x := range o.requireNone {
+		if x == "" {
+			return cli.Usagef("--require-none: empty value")
+		}
+	}
+	return nil
+}
+
+// tlsConfig is nil for plain http:// endpoints without TLS flags.
+func (o *options) tlsConfig() (*tls.Config, error) {
+	secure := o.cacert != "" || o.cert != ""
+	for _, e := range o.endpoints {
+		secure = secure || strings.HasPrefix(e, "https://")
+	}
+	if !secure {
+		return nil, nil
+	}
+	info := transport.TLSInfo{TrustedCAFile: o.cacert, CertFile: o.cert, KeyFile: o.key}
+	// etcd's own loader reads the files and checks that key and cert match.
+	c, err := info.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
+	}
+	return c, nil
+}
+
+func census(o *options, stdout io.Writer) error {
+	tc, err := o.tlsConfig()
+	if err != nil {
+		return err
+	}
+	cl, err := clientv3.New(clientv3.Config{
+		Endpoints:          o.endpoints,
+		TLS:                tc,
+		DialTimeout:        o.dialTimeout,
+		MaxCallRecvMsgSize: o.maxPageBytes,
+		Logger:             zap.NewNop(), // errors are returned, and reported once
+	})
+	if err != nil {
+		return fmt.Errorf("etcd %s: %w", strings.Join(o.endpoints, ","), err)
+	}
+	defer cl.Close()
+
+	c := newCount(o.prefix, o.requireNone, o.firstKeysPerFinding)
+	rev, err := scan(context.Background(), cl, o, c.add)
+	if err != nil {
+		return fmt.Errorf("etcd %s: %w", strings.Join(o.endpoints, ","), err)
+	}
+	r := c.result(o, rev)
+	if o.json {
+		err = r.writeJSON(stdout)
+	} else {
+		err = r.writeTable(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	for _, f := range r.RequireNone {
+		if f.Values > 0 {
+			return cli.ErrReported
+		}
+	}
+	return nil
+}
+
+// pageTimeout bounds each range request after the first.
+const pageTimeout = time.Minute
+
+// scan calls add for every key and value under o.prefix, as of one
+// revision, which it returns. Each page is a linearizable range read: a
+// serializable one could be answered by a member that has not yet applied
+// the latest rewrites, or new writes under an old key, and a census that
+// misses the latter lets a key be retired that a value still needs. The
+// cost is one read-index round trip per page. The first page fixes the
+// revision, so the census is of one consistent state of the store even
+// while kube-apiserver writes.
+func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value []byte)) (int64, error) {
+	from, end := o.prefix, clientv3.GetPrefixRangeEnd(o.prefix)
+	var rev int64
+	limit := o.pageSize
+	for {
+		timeout := pageTimeout
+		if rev == 0 {
+			timeout = o.dialTimeout
+		}
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(limit)), clientv3.WithRev(rev)}
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		resp, err := kv.Get(rctx, from, opts...)
+		cancel()
+		if status.Code(err) == codes.ResourceExhausted && limit > 1 {
+			limit /= 2 // large values: fewer per page (for the rest of the scan) keeps memory bounded
+			continue
+		}
+		if err != nil {
+			if rev == 0 && errors.Is(err, context.DeadlineExceeded) {
+				return 0, fmt.Errorf("no answer within --dial-timeout %v: %w", o.dialTimeout, err)
+			}
+			return 0, err
+		}
+		if rev == 0 {
+			rev = resp.Header.Revision
+		}
+		for _, kv := range resp.Kvs {
+			add(kv.Key, kv.Value)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+}
