@@ -7,11 +7,13 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -159,6 +161,10 @@ func census(o *options, stdout io.Writer) error {
 
 	c := newCount(o.prefix, o.requireNone, o.firstKeysPerFinding)
 	rev, err := scan(context.Background(), cl, o, c.add)
+	if errors.Is(err, errNoAnswer) {
+		// The client only says it timed out; a connection of our own says why.
+		err = fmt.Errorf("%w (%s: %v)", err, o.endpoints[0], probe(o.endpoints[0], tc, o.dialTimeout))
+	}
 	if err != nil {
 		return fmt.Errorf("etcd %s: %w", strings.Join(o.endpoints, ","), err)
 	}
@@ -177,6 +183,36 @@ func census(o *options, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+var errNoAnswer = errors.New("no answer")
+
+// probe connects to endpoint as the etcd client would and returns why that
+// fails: refused, or the TLS handshake's error (a server certificate from
+// another CA, or etcd rejecting the client certificate), or nil.
+func probe(endpoint string, tc *tls.Config, timeout time.Duration) error {
+	u, err := url.Parse(endpoint)
+	if err != nil {
+		return err
+	}
+	conn, err := net.DialTimeout("tcp", u.Host, timeout)
+	if err != nil || tc == nil {
+		return cmp.Or(err, errors.New("connected, but etcd did not answer"))
+	}
+	defer conn.Close()
+	tc = tc.Clone()
+	tc.ServerName, tc.NextProtos = u.Hostname(), []string{"h2"}
+	tlsConn := tls.Client(conn, tc)
+	tlsConn.SetDeadline(time.Now().Add(timeout))
+	if err := tlsConn.Handshake(); err != nil {
+		return err
+	}
+	// Under TLS 1.3 the server checks the client's certificate after the
+	// client's side of the handshake: its verdict comes with the first read.
+	if _, err := tlsConn.Read(make([]byte, 1)); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		return err
+	}
+	return errors.New("TLS handshake done, but etcd did not answer")
 }
 
 // pageTimeout bounds each range request after the first.
@@ -209,7 +245,7 @@ func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value [
 		}
 		if err != nil {
 			if rev == 0 && errors.Is(err, context.DeadlineExceeded) {
-				return 0, fmt.Errorf("no answer within --dial-timeout %v: %w", o.dialTimeout, err)
+				return 0, fmt.Errorf("%w within --dial-timeout %v", errNoAnswer, o.dialTimeout)
 			}
 			return 0, err
 		}

@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 	kmsv2 "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
@@ -172,3 +173,144 @@ func TestEnvelopes(t *testing.T) {
 }
 
 func regexpMatch(s, re string) bool { return regexp.MustCompile(re).MatchString(s) }
+
+func TestRequireNone(t *testing.T) {
+	e := startEtcd(t, false)
+	old, cur := newKEK(t), newKEK(t)
+	var kvs []string
+	for i := range 25 {
+		kvs = append(kvs, fmt.Sprintf("/registry/secrets/ns/old-%02d", i), kmsV2Value(t, "kms-v2", old))
+	}
+	for i := range 5 {
+		kvs = append(kvs, fmt.Sprintf("/registry/configmaps/ns/new-%02d", i), kmsV2Value(t, "kms-v2", cur))
+	}
+	kvs = append(kvs,
+		"/registry/secrets/ns/v1", kmsV1Value("kms-v1", old.wrap(t)),
+		"/registry/secrets/ns/cbc", "k8s:enc:aescbc:v1:key1:"+string(random(48)),
+		"/registry/secrets/ns/plain", `{"kind":"Secret"}`)
+	e.put(t, 7, kvs...)
+	ep := []string{"--endpoints", e.endpoint, "--page-size", "4"}
+
+	// Nothing uses these: exit 0, and the table says so.
+	out, errOut, code := runCensus(t, append(ep, "--require-none", "kek1-00000000000000000000000000000000", "--require-none", "kms")...)
+	if code != 0 || errOut != "" || !strings.Contains(out, "ok: no value uses kek1-00000000000000000000000000000000\n") || !strings.Contains(out, "ok: no value uses kms\n") {
+		t.Fatalf("exit %d\n%s%s", code, out, errOut)
+	}
+
+	// The old key_id: 25 KMS v2 values and the KMS v1 one whose DEK it
+	// wrapped; the first 10 are named, in key order.
+	out, _, code = runCensus(t, append(ep, "--require-none", cur.id, "--require-none", old.id)...)
+	wantKeys := "  /registry/secrets/ns/old-00\n"
+	for i := 1; i < 10; i++ {
+		wantKeys += fmt.Sprintf("  /registry/secrets/ns/old-%02d\n", i)
+	}
+	if code != 1 || !strings.Contains(out, "FAIL: 5 values still use "+cur.id+"; the first 5:\n  /registry/configmaps/ns/new-00\n") ||
+		!strings.Contains(out, "FAIL: 26 values still use "+old.id+"; the first 10:\n"+wantKeys) {
+		t.Fatalf("exit %d\n%s", code, out)
+	}
+
+	r := censusJSON(t, 1, append(ep, "--require-none", "kms-v1", "--require-none", "key1", "--require-none", "identity", "--require-none", "kms-v2")...)
+	want := []Finding{
+		{"kms-v1", 1, []string{"/registry/secrets/ns/v1"}},
+		{"key1", 1, []string{"/registry/secrets/ns/cbc"}},
+		{identity, 1, []string{"/registry/secrets/ns/plain"}},
+		{"kms-v2", 30, []string{"/registry/configmaps/ns/new-00", "/registry/configmaps/ns/new-01", "/registry/configmaps/ns/new-02",
+			"/registry/configmaps/ns/new-03", "/registry/configmaps/ns/new-04", "/registry/secrets/ns/old-00", "/registry/secrets/ns/old-01",
+			"/registry/secrets/ns/old-02", "/registry/secrets/ns/old-03", "/registry/secrets/ns/old-04"}},
+	}
+	if !reflect.DeepEqual(r.RequireNone, want) {
+		t.Fatalf("require_none %+v\nwant %+v", r.RequireNone, want)
+	}
+	r = censusJSON(t, 0, append(ep, "--require-none", "aesgcm")...) // an envelope kind is not a name
+	if r.RequireNone[0].Values != 0 || len(r.RequireNone[0].FirstKeys) != 0 {
+		t.Fatalf("require_none %+v", r.RequireNone)
+	}
+}
+
+// Values near etcd's 1.5 MiB request limit: a page of them exceeds what
+// kek-census accepts in one response (32 MiB), and the page is split
+// rather than the scan failing or memory growing with --page-size.
+func TestLargeValuesSplitPages(t *testing.T) {
+	e := startEtcd(t, false)
+	k := newKEK(t)
+	big := kmsV2Value(t, "kms-v2", k) + strings.Repeat("x", 1<<20)
+	var kvs []string
+	for i := range 40 {
+		kvs = append(kvs, fmt.Sprintf("/registry/configmaps/ns/big-%02d", i), big)
+	}
+	e.put(t, 1, kvs...)
+	r := censusJSON(t, 0, "--endpoints", e.endpoint, "--page-size", "1000")
+	if r.Values != 40 || len(r.Rows) != 1 || r.Rows[0].KeyID != k.id {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestTLS(t *testing.T) {
+	e := startEtcd(t, true)
+	k := newKEK(t)
+	e.put(t, 10, "/registry/secrets/ns/a", kmsV2Value(t, "kms-v2", k))
+	p := e.pki
+	r := censusJSON(t, 0, "--endpoints", e.endpoint, "--cacert", p.CA, "--cert", p.ClientCert, "--key", p.ClientKey)
+	if r.Values != 1 || r.Rows[0].KeyID != k.id {
+		t.Fatalf("%+v", r)
+	}
+
+	other := newPKI(t, t.TempDir()) // a CA etcd does not trust, and that did not sign etcd's certificate
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no client certificate", []string{"--cacert", p.CA}, "tls: certificate required"},
+		{"client certificate from another CA", []string{"--cacert", p.CA, "--cert", other.ClientCert, "--key", other.ClientKey}, "tls: unknown certificate authority"},
+		{"server certificate from another CA", []string{"--cacert", other.CA, "--cert", p.ClientCert, "--key", p.ClientKey}, "certificate signed by unknown authority"},
+		{"unreadable --cacert", []string{"--cacert", p.CA + ".missing", "--cert", p.ClientCert, "--key", p.ClientKey}, "ca.crt.missing: no such file"},
+		{"unreadable --cert", []string{"--cacert", p.CA, "--cert", p.ClientCert + ".missing", "--key", p.ClientKey}, "client.crt.missing: no such file"},
+		{"--key of another --cert", []string{"--cacert", p.CA, "--cert", p.ClientCert, "--key", other.ClientKey}, "private key does not match public key"},
+	} {
+		out, errOut, code := runCensus(t, append([]string{"--endpoints", e.endpoint, "--dial-timeout", "3s"}, tc.args...)...)
+		if code != 1 || out != "" || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q; want 1 and %q", tc.name, code, out, errOut, tc.want)
+		}
+	}
+}
+
+func TestUsageAndUnreachable(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--endpoints is required"},
+		{[]string{"--endpoints", "127.0.0.1:2379"}, "want a URL like https://127.0.0.1:2379"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--cert", "c"}, "--cert and --key go together"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--prefix", "registry"}, "want an absolute key prefix"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--page-size", "0"}, "--page-size 0"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--require-none", ""}, "--require-none: empty value"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "extra"}, `unexpected argument "extra"`},
+		{[]string{"--bogus"}, "unknown flag"},
+	} {
+		_, errOut, code := runCensus(t, tc.args...)
+		if code != 2 || !strings.Contains(errOut, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 and %q", tc.args, code, errOut, tc.want)
+		}
+	}
+
+	// Nothing listens on a port just freed.
+	ep := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
+	start := time.Now()
+	out, errOut, code := runCensus(t, "--endpoints", ep, "--dial-timeout", "1s")
+	if code != 1 || out != "" || !strings.Contains(errOut, "kek-census: etcd "+ep+": no answer within --dial-timeout 1s ("+ep+": dial tcp 127.0.0.1:") ||
+		!strings.Contains(errOut, "connection refused") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Fatalf("took %v with --dial-timeout 1s", d)
+	}
+
+	out, _, code = runCensus(t, "--help")
+	for _, want := range []string{"--endpoints", "--cacert", "--cert", "--key", "--prefix", "--require-none", "--json", "--page-size", "--dial-timeout", "docs/census.md"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("--help (exit %d) lacks %q", code, want)
+		}
+	}
+}
