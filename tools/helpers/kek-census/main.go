@@ -33,7 +33,7 @@ const usageHead = `kek-census: count the encryption envelopes of the values Kube
 
 Usage:
   kek-census --endpoints URL[,URL...] [--cacert F --cert F --key F] [--prefix /registry]
-             [--require-none X]... [--json] [--page-size N] [--dial-timeout D]
+             [--resource R]... [--require-none X]... [--json] [--page-size N] [--dial-timeout D]
 
 For each resource (the key's first segment under --prefix, or group/resource for
 keys like /registry/<group.with.dots>/<resource>/...) it prints how many values use
@@ -46,6 +46,8 @@ healthcheck-client.crt/.key).
 
 --require-none X (a key_id, a provider or key name, or the word identity) fails
 with exit status 1, naming the first values that still use X, unless none does.
+--resource R (secrets, or group/resource for a custom resource) limits the census
+to the resources the EncryptionConfiguration names: others are stored in plaintext.
 Exit status: 0 ok, 1 a --require-none found values or etcd failed, 2 usage.
 See docs/census.md.
 
@@ -56,6 +58,7 @@ type options struct {
 	endpoints           []string
 	cacert, cert, key   string
 	prefix              string
+	resources           []string
 	requireNone         []string
 	json                bool
 	pageSize            int
@@ -77,6 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.StringVar(&o.cert, "cert", "", "client certificate for etcd (PEM)")
 		fs.StringVar(&o.key, "key", "", "private key of --cert (PEM)")
 		fs.StringVar(&o.prefix, "prefix", "/registry", "kube-apiserver's --etcd-prefix")
+		fs.StringArrayVar(&o.resources, "resource", nil, "count only this resource, as printed: secrets, or GROUP/RESOURCE (repeatable; default all)")
 		fs.StringArrayVar(&o.requireNone, "require-none", nil, "fail if any value uses this key_id, provider or key name, or identity (repeatable)")
 		fs.BoolVar(&o.json, "json", false, "print JSON (fields in docs/census.md) instead of a table")
 		fs.IntVar(&o.pageSize, "page-size", 1000, "values per etcd range request (halved while a page exceeds 32 MiB)")
@@ -110,6 +114,12 @@ func (o *options) check(args []string) error {
 		return cli.Usagef("--prefix %q: want an absolute key prefix like /registry", o.prefix)
 	}
 	o.prefix = strings.TrimSuffix(o.prefix, "/") + "/"
+	for _, r := range o.resources {
+		group, res, grouped := strings.Cut(r, "/")
+		if r == "" || strings.Contains(res, "/") || grouped != strings.Contains(group, ".") {
+			return cli.Usagef("--resource %q: want a resource as kek-census prints it: secrets, or GROUP/RESOURCE with a dotted group", r)
+		}
+	}
 	if o.pageSize < 1 {
 		return cli.Usagef("--page-size %d: want 1 or more", o.pageSize)
 	}
@@ -218,7 +228,19 @@ func probe(endpoint string, tc *tls.Config, timeout time.Duration) error {
 // pageTimeout bounds each range request after the first.
 const pageTimeout = time.Minute
 
-// scan calls add for every key and value under o.prefix, as of one
+// ranges are the key prefixes to read: o.prefix, or one per --resource.
+func (o *options) ranges() []string {
+	if len(o.resources) == 0 {
+		return []string{o.prefix}
+	}
+	var r []string
+	for _, res := range o.resources {
+		r = append(r, o.prefix+res+"/")
+	}
+	return r
+}
+
+// scan calls add for every key and value under o's ranges, as of one
 // revision, which it returns. Each page is a linearizable range read: a
 // serializable one could be answered by a member that has not yet applied
 // the latest rewrites, or new writes under an old key, and a census that
@@ -227,9 +249,21 @@ const pageTimeout = time.Minute
 // revision, so the census is of one consistent state of the store even
 // while kube-apiserver writes.
 func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value []byte)) (int64, error) {
-	from, end := o.prefix, clientv3.GetPrefixRangeEnd(o.prefix)
 	var rev int64
 	limit := o.pageSize
+	for _, prefix := range o.ranges() {
+		var err error
+		if rev, limit, err = scanRange(ctx, kv, o, prefix, rev, limit, add); err != nil {
+			return 0, err
+		}
+	}
+	return rev, nil
+}
+
+// scanRange reads the keys under prefix at revision rev (0: the latest, then
+// returned) in pages of limit values, or fewer if a page is too large.
+func scanRange(ctx context.Context, kv clientv3.KV, o *options, prefix string, rev int64, limit int, add func(key, value []byte)) (int64, int, error) {
+	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
 	for {
 		timeout := pageTimeout
 		if rev == 0 {
@@ -245,9 +279,9 @@ func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value [
 		}
 		if err != nil {
 			if rev == 0 && errors.Is(err, context.DeadlineExceeded) {
-				return 0, fmt.Errorf("%w within --dial-timeout %v", errNoAnswer, o.dialTimeout)
+				return 0, 0, fmt.Errorf("%w within --dial-timeout %v", errNoAnswer, o.dialTimeout)
 			}
-			return 0, err
+			return 0, 0, err
 		}
 		if rev == 0 {
 			rev = resp.Header.Revision
@@ -256,7 +290,7 @@ func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value [
 			add(kv.Key, kv.Value)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, nil
+			return rev, limit, nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}

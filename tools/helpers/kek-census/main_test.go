@@ -162,6 +162,12 @@ func TestEnvelopes(t *testing.T) {
 		t.Fatalf("table (exit %d):\n%s", code, out)
 	}
 
+	// Only the resources asked for, in one census at one revision.
+	r := censusJSON(t, 0, "--endpoints", e.endpoint, "--page-size", "2", "--resource", "stable.example.com/crontabs", "--resource", "configmaps")
+	if r.Values != 3 || !reflect.DeepEqual(r.Rows, []Row{want[1], want[2], want[14]}) {
+		t.Fatalf("--resource: %+v", r)
+	}
+
 	// Another --prefix (kube-apiserver's --etcd-prefix), with or without a
 	// trailing slash.
 	for _, p := range []string{"/registryx", "/registryx/"} {
@@ -225,6 +231,13 @@ func TestRequireNone(t *testing.T) {
 	if r.RequireNone[0].Values != 0 || len(r.RequireNone[0].FirstKeys) != 0 {
 		t.Fatalf("require_none %+v", r.RequireNone)
 	}
+	// Plaintext values of resources the EncryptionConfiguration leaves
+	// alone do not fail a --require-none identity limited to the others.
+	e.put(t, 1, "/registry/events/ns/e1", `{"kind":"Event"}`)
+	r = censusJSON(t, 0, append(ep, "--resource", "configmaps", "--require-none", "identity", "--require-none", old.id)...)
+	if r.Values != 5 || r.RequireNone[0].Values != 0 || r.RequireNone[1].Values != 0 {
+		t.Fatalf("--resource configmaps: %+v", r)
+	}
 }
 
 // Values near etcd's 1.5 MiB request limit: a page of them exceeds what
@@ -285,6 +298,9 @@ func TestUsageAndUnreachable(t *testing.T) {
 		{[]string{"--endpoints", "https://127.0.0.1:2379", "--cert", "c"}, "--cert and --key go together"},
 		{[]string{"--endpoints", "https://127.0.0.1:2379", "--prefix", "registry"}, "want an absolute key prefix"},
 		{[]string{"--endpoints", "https://127.0.0.1:2379", "--page-size", "0"}, "--page-size 0"},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--resource", "apps/deployments"}, `--resource "apps/deployments"`},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--resource", "example.com"}, `--resource "example.com"`},
+		{[]string{"--endpoints", "https://127.0.0.1:2379", "--resource", "example.com/a/b"}, `--resource "example.com/a/b"`},
 		{[]string{"--endpoints", "https://127.0.0.1:2379", "--require-none", ""}, "--require-none: empty value"},
 		{[]string{"--endpoints", "https://127.0.0.1:2379", "extra"}, `unexpected argument "extra"`},
 		{[]string{"--bogus"}, "unknown flag"},
