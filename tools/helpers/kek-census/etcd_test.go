@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,43 +30,50 @@ import (
 // go.mod does not carry the etcd server (it would drag its dependencies into
 // the release's module graph), so it is built from the drill's module,
 // tools/dev/cluster, which pins it; $KEK_CENSUS_ETCD names a prebuilt one.
-var (
-	etcdOnce sync.Once
-	etcdBin  string
-	etcdErr  error
-)
-
 func etcdBinary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv("KEK_CENSUS_ETCD"); p != "" {
+	return drillBinary(t, "KEK_CENSUS_ETCD", "./cmd/etcd")
+}
+
+// etcdctlBinary is etcdctl v3.7.0, from the same module ($KEK_CENSUS_ETCDCTL).
+func etcdctlBinary(t testing.TB) string {
+	t.Helper()
+	return drillBinary(t, "KEK_CENSUS_ETCDCTL", "go.etcd.io/etcd/etcdctl/v3")
+}
+
+var (
+	drillMu    sync.Mutex
+	drillBuilt = map[string]string{}
+	drillDir   string // made by TestMain, removed when the tests end
+)
+
+// drillBinary builds pkg in tools/dev/cluster's module once, unless env
+// names a binary, and skips the test, saying why, when it cannot.
+func drillBinary(t testing.TB, env, pkg string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
 		return p
 	}
-	etcdOnce.Do(func() {
-		module, err := filepath.Abs("../../dev/cluster")
-		if err != nil {
-			etcdErr = err
-			return
-		}
-		if _, err := os.Stat(filepath.Join(module, "cmd/etcd")); err != nil {
-			etcdErr = fmt.Errorf("the drill module is not here (under Bazel the sources are not): %w", err)
-			return
-		}
-		dir, err := os.MkdirTemp("", "kek-census-etcd")
-		if err != nil {
-			etcdErr = err
-			return
-		}
-		etcdBin = filepath.Join(dir, "etcd")
-		cmd := exec.Command("go", "build", "-o", etcdBin, "./cmd/etcd")
-		cmd.Dir = module
-		if out, err := cmd.CombinedOutput(); err != nil {
-			etcdErr = fmt.Errorf("go build ./cmd/etcd in %s: %v\n%s", module, err, out)
-		}
-	})
-	if etcdErr != nil {
-		t.Skipf("no etcd server to test against (set KEK_CENSUS_ETCD to an etcd v3.7 binary): %v", etcdErr)
+	drillMu.Lock()
+	defer drillMu.Unlock()
+	if p, ok := drillBuilt[pkg]; ok {
+		return p
 	}
-	return etcdBin
+	module, err := filepath.Abs("../../dev/cluster")
+	if err == nil {
+		_, err = os.Stat(filepath.Join(module, "go.mod"))
+	}
+	if err != nil {
+		t.Skipf("no %s to test against: the drill module is not here (under Bazel its sources are not); set %s: %v", pkg, env, err)
+	}
+	out := filepath.Join(drillDir, filepath.Base(strings.TrimSuffix(pkg, "/v3")))
+	cmd := exec.Command("go", "build", "-o", out, pkg)
+	cmd.Dir = module
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Skipf("no %s to test against: go build in %s: %v\n%s(set %s to a prebuilt one)", pkg, module, err, b, env)
+	}
+	drillBuilt[pkg] = out
+	return out
 }
 
 // etcd is a single-member etcd on loopback, and a client of it.

@@ -22,7 +22,16 @@ import (
 	"github.com/cmdkms/kms/tools/helpers/helpertest"
 )
 
-func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "kek-census-test")
+	if err != nil {
+		panic(err)
+	}
+	drillDir = dir
+	code := testbin.Main(m)
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
 
 func runCensus(t testing.TB, args ...string) (string, string, int) {
 	t.Helper()
