@@ -55,17 +55,23 @@ Flags:
 `
 
 type options struct {
-	endpoints           []string
-	cacert, cert, key   string
-	prefix              string
-	resources           []string
-	requireNone         []string
-	json                bool
-	pageSize            int
-	dialTimeout         time.Duration
-	maxPageBytes        int // the largest response accepted; a page that exceeds it is split
-	firstKeysPerFinding int
+	endpoints         []string
+	cacert, cert, key string
+	prefix            string
+	resources         []string
+	requireNone       []string
+	json              bool
+	pageSize          int
+	dialTimeout       time.Duration
 }
+
+const (
+	// maxPageBytes is the largest response accepted: a page that exceeds
+	// it is split, so memory stays bounded whatever the values' sizes.
+	maxPageBytes = 32 << 20
+	// firstKeys is how many keys a --require-none names.
+	firstKeys = 10
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -74,7 +80,7 @@ func main() {
 // run returns the exit code: 0 ok, 1 failure, 2 usage error.
 func run(args []string, stdout, stderr io.Writer) int {
 	return cli.Command{Name: "kek-census", Usage: usageHead, Flags: func(fs *pflag.FlagSet) func([]string) error {
-		o := &options{maxPageBytes: 32 << 20, firstKeysPerFinding: 10}
+		o := &options{}
 		fs.StringSliceVar(&o.endpoints, "endpoints", nil, "etcd client URLs, comma-separated (https://127.0.0.1:2379)")
 		fs.StringVar(&o.cacert, "cacert", "", "CA bundle that signed etcd's serving certificate (default: the system's)")
 		fs.StringVar(&o.cert, "cert", "", "client certificate for etcd (PEM)")
@@ -161,7 +167,7 @@ func census(o *options, stdout io.Writer) error {
 		Endpoints:          o.endpoints,
 		TLS:                tc,
 		DialTimeout:        o.dialTimeout,
-		MaxCallRecvMsgSize: o.maxPageBytes,
+		MaxCallRecvMsgSize: maxPageBytes,
 		Logger:             zap.NewNop(), // errors are returned, and reported once
 	})
 	if err != nil {
@@ -169,7 +175,7 @@ func census(o *options, stdout io.Writer) error {
 	}
 	defer cl.Close()
 
-	c := newCount(o.prefix, o.requireNone, o.firstKeysPerFinding)
+	c := newCount(o.prefix, o.requireNone, firstKeys)
 	rev, err := scan(context.Background(), cl, o, c.add)
 	if errors.Is(err, errNoAnswer) {
 		// The client only says it timed out; a connection of our own says why.
