@@ -89,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.StringArrayVar(&o.resources, "resource", nil, "count only this resource, as printed: secrets, or GROUP/RESOURCE (repeatable; default all)")
 		fs.StringArrayVar(&o.requireNone, "require-none", nil, "fail if any value uses this key_id, provider or key name, or identity (repeatable)")
 		fs.BoolVar(&o.json, "json", false, "print JSON (fields in docs/census.md) instead of a table")
-		fs.IntVar(&o.pageSize, "page-size", 1000, "values per etcd range request (halved while a page exceeds 32 MiB)")
+		fs.IntVar(&o.pageSize, "page-size", 0, "read in range requests of this many values (halved while one exceeds 32 MiB) instead of etcd 3.7's range stream (default: the stream, else 1000)")
 		fs.DurationVar(&o.dialTimeout, "dial-timeout", 5*time.Second, "how long to wait for etcd's first answer")
 		return func(args []string) error {
 			if err := o.check(args); err != nil {
@@ -126,7 +126,7 @@ func (o *options) check(args []string) error {
 			return cli.Usagef("--resource %q: want a resource as kek-census prints it: secrets, or GROUP/RESOURCE with a dotted group", r)
 		}
 	}
-	if o.pageSize < 1 {
+	if o.pageSize < 0 {
 		return cli.Usagef("--page-size %d: want 1 or more", o.pageSize)
 	}
 	if o.dialTimeout <= 0 {
@@ -231,8 +231,12 @@ func probe(endpoint string, tc *tls.Config, timeout time.Duration) error {
 	return errors.New("TLS handshake done, but etcd did not answer")
 }
 
-// pageTimeout bounds each range request after the first.
+// pageTimeout bounds each range request, or the wait for each chunk of a
+// range stream.
 const pageTimeout = time.Minute
+
+// defaultPageSize is the page size when etcd has no range stream.
+const defaultPageSize = 1000
 
 // ranges are the key prefixes to read: o.prefix, or one per --resource.
 func (o *options) ranges() []string {
@@ -247,56 +251,92 @@ func (o *options) ranges() []string {
 }
 
 // scan calls add for every key and value under o's ranges, as of one
-// revision, which it returns. Each page is a linearizable range read: a
-// serializable one could be answered by a member that has not yet applied
-// the latest rewrites, or new writes under an old key, and a census that
-// misses the latter lets a key be retired that a value still needs. The
-// cost is one read-index round trip per page. The first page fixes the
-// revision, so the census is of one consistent state of the store even
-// while kube-apiserver writes.
+// revision, which it returns: that of a first read of a single key, so the
+// census is of one consistent state of the store even while kube-apiserver
+// writes. Reads are linearizable: a serializable one could be answered by
+// a member that has not yet applied the latest writes, and a census that
+// misses a new write under an old key lets a key be retired that a value
+// still needs. The cost is one read-index round trip per request.
 func scan(ctx context.Context, kv clientv3.KV, o *options, add func(key, value []byte)) (int64, error) {
-	var rev int64
-	limit := o.pageSize
+	first, cancel := context.WithTimeout(ctx, o.dialTimeout)
+	resp, err := kv.Get(first, o.prefix)
+	cancel()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return 0, fmt.Errorf("%w within --dial-timeout %v", errNoAnswer, o.dialTimeout)
+	}
+	if err != nil {
+		return 0, err
+	}
+	rev := resp.Header.Revision
 	for _, prefix := range o.ranges() {
-		var err error
-		if rev, limit, err = scanRange(ctx, kv, o, prefix, rev, limit, add); err != nil {
+		from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
+		if o.pageSize == 0 {
+			if from, err = stream(ctx, kv, from, end, rev, add); err == nil {
+				continue
+			}
+			// etcd before 3.7 has no range stream; a chunk over
+			// maxPageBytes is read again in pages.
+			if c := status.Code(err); c != codes.Unimplemented && c != codes.ResourceExhausted {
+				return 0, err
+			}
+		}
+		if err := pages(ctx, kv, o, from, end, rev, add); err != nil {
 			return 0, err
 		}
 	}
 	return rev, nil
 }
 
-// scanRange reads the keys under prefix at revision rev (0: the latest, then
-// returned) in pages of limit values, or fewer if a page is too large.
-func scanRange(ctx context.Context, kv clientv3.KV, o *options, prefix string, rev int64, limit int, add func(key, value []byte)) (int64, int, error) {
-	from, end := prefix, clientv3.GetPrefixRangeEnd(prefix)
-	for {
-		timeout := pageTimeout
-		if rev == 0 {
-			timeout = o.dialTimeout
+// stream reads [from, end) at rev with etcd 3.7's RangeStream: etcd sends
+// chunks of about its request size limit, and unlike range requests with a
+// limit it does not count the rest of the range for each one, so a scan
+// costs time linear in the store's size. It returns where to continue
+// after an error.
+func stream(ctx context.Context, kv clientv3.KV, from, end string, rev int64, add func(key, value []byte)) (string, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := kv.GetStream(ctx, from, clientv3.WithRange(end), clientv3.WithRev(rev))
+	if err != nil {
+		return from, err
+	}
+	stalled := time.AfterFunc(pageTimeout, cancel)
+	defer stalled.Stop()
+	for chunk := range ch {
+		if err := chunk.Err(); err != nil {
+			return from, err
 		}
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(int64(limit)), clientv3.WithRev(rev)}
-		rctx, cancel := context.WithTimeout(ctx, timeout)
-		resp, err := kv.Get(rctx, from, opts...)
+		stalled.Reset(pageTimeout)
+		for _, kv := range chunk.Kvs {
+			add(kv.Key, kv.Value)
+		}
+		if n := len(chunk.Kvs); n > 0 {
+			from = string(chunk.Kvs[n-1].Key) + "\x00"
+		}
+	}
+	return from, ctx.Err()
+}
+
+// pages reads [from, end) at rev in range requests of --page-size values,
+// or fewer if a page is too large, each continuing after the last key of
+// the one before.
+func pages(ctx context.Context, kv clientv3.KV, o *options, from, end string, rev int64, add func(key, value []byte)) error {
+	limit := cmp.Or(o.pageSize, defaultPageSize)
+	for {
+		rctx, cancel := context.WithTimeout(ctx, pageTimeout)
+		resp, err := kv.Get(rctx, from, clientv3.WithRange(end), clientv3.WithLimit(int64(limit)), clientv3.WithRev(rev))
 		cancel()
 		if status.Code(err) == codes.ResourceExhausted && limit > 1 {
 			limit /= 2 // large values: fewer per page (for the rest of the scan) keeps memory bounded
 			continue
 		}
 		if err != nil {
-			if rev == 0 && errors.Is(err, context.DeadlineExceeded) {
-				return 0, 0, fmt.Errorf("%w within --dial-timeout %v", errNoAnswer, o.dialTimeout)
-			}
-			return 0, 0, err
-		}
-		if rev == 0 {
-			rev = resp.Header.Revision
+			return err
 		}
 		for _, kv := range resp.Kvs {
 			add(kv.Key, kv.Value)
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
-			return rev, limit, nil
+			return nil
 		}
 		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
 	}
