@@ -303,6 +303,9 @@ func stream(ctx context.Context, kv clientv3.KV, from, end string, rev int64, ad
 	defer stalled.Stop()
 	for chunk := range ch {
 		if err := chunk.Err(); err != nil {
+			if ctx.Err() != nil {
+				err = fmt.Errorf("the range stream sent nothing for %v: %w", pageTimeout, err)
+			}
 			return from, err
 		}
 		stalled.Reset(pageTimeout)

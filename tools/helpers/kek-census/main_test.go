@@ -251,19 +251,27 @@ func TestRequireNone(t *testing.T) {
 
 // Values near etcd's 1.5 MiB request limit: a page of them exceeds what
 // kek-census accepts in one response (32 MiB), and the page is split
-// rather than the scan failing or memory growing with --page-size.
+// rather than the scan failing or memory growing with --page-size. etcd's
+// range stream doubles its chunks while values are small: after 70 small
+// values its fourth chunk would hold 80 large ones, 48 MiB, and the rest
+// is read in pages.
 func TestLargeValuesSplitPages(t *testing.T) {
 	e := startEtcd(t, false)
 	k := newKEK(t)
-	big := kmsV2Value(t, "kms-v2", k) + strings.Repeat("x", 1<<20)
+	small, big := kmsV2Value(t, "kms-v2", k), kmsV2Value(t, "kms-v2", k)+strings.Repeat("x", 600<<10)
 	var kvs []string
-	for i := range 40 {
-		kvs = append(kvs, fmt.Sprintf("/registry/configmaps/ns/big-%02d", i), big)
+	for i := range 70 {
+		kvs = append(kvs, fmt.Sprintf("/registry/configmaps/ns/a-%02d", i), small)
+	}
+	for i := range 80 {
+		kvs = append(kvs, fmt.Sprintf("/registry/configmaps/ns/b-%02d", i), big)
 	}
 	e.put(t, 1, kvs...)
-	r := censusJSON(t, 0, "--endpoints", e.endpoint, "--page-size", "1000")
-	if r.Values != 40 || len(r.Rows) != 1 || r.Rows[0].KeyID != k.id {
-		t.Fatalf("%+v", r)
+	for _, page := range []string{"0", "1000"} {
+		r := censusJSON(t, 0, "--endpoints", e.endpoint, "--page-size", page)
+		if r.Values != 150 || len(r.Rows) != 1 || r.Rows[0].KeyID != k.id {
+			t.Fatalf("--page-size %s: %+v", page, r)
+		}
 	}
 }
 
