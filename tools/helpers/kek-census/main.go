@@ -39,7 +39,7 @@ For each resource (the key's first segment under --prefix, or group/resource for
 keys like /registry/<group.with.dots>/<resource>/...) it prints how many values use
 each envelope: kms-v2 (provider name and key_id), kms-v1 (provider name, and the
 key_id when kms made the DEK's ciphertext), aescbc, aesgcm, secretbox (key name),
-identity (plaintext) and unknown. It only reads, at one etcd revision, a page at a
+identity (plaintext) and unknown. It only reads, at one etcd revision, a chunk at a
 time, linearizably. It needs no Kubernetes access: it reads etcd with an etcd
 client certificate (on a kubeadm node: /etc/kubernetes/pki/etcd/ca.crt and
 healthcheck-client.crt/.key).
