@@ -1,18 +1,25 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"reflect"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	kmsv2 "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 
@@ -345,5 +352,49 @@ func TestUsageAndUnreachable(t *testing.T) {
 		if code != 0 || !strings.Contains(out, want) {
 			t.Errorf("--help (exit %d) lacks %q", code, want)
 		}
+	}
+}
+
+// rangeOnly is etcd as it was before 3.7, for the census: a gRPC KV
+// service without RangeStream, whose Range requests the real etcd answers.
+type rangeOnly struct {
+	pb.UnimplementedKVServer
+	kv      pb.KVClient
+	streams atomic.Int32
+}
+
+func (p *rangeOnly) Range(ctx context.Context, r *pb.RangeRequest) (*pb.RangeResponse, error) {
+	return p.kv.Range(ctx, r)
+}
+
+func (p *rangeOnly) RangeStream(*pb.RangeRequest, grpc.ServerStreamingServer[pb.RangeStreamResponse]) error {
+	p.streams.Add(1)
+	return status.Error(codes.Unimplemented, "unknown method RangeStream for service etcdserverpb.KV")
+}
+
+// Against etcd before 3.7, which has no range stream, the census reads in
+// pages.
+func TestWithoutRangeStream(t *testing.T) {
+	e := startEtcd(t, false)
+	k := newKEK(t)
+	var kvs []string
+	for i := range 2500 {
+		kvs = append(kvs, fmt.Sprintf("/registry/secrets/ns/s-%04d", i), kmsV2Value(t, "kms-v2", k))
+	}
+	e.put(t, 100, kvs...)
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := &rangeOnly{kv: pb.NewKVClient(e.client.ActiveConnection())}
+	srv := grpc.NewServer()
+	pb.RegisterKVServer(srv, old)
+	go srv.Serve(l)
+	t.Cleanup(srv.Stop)
+
+	r := censusJSON(t, 0, "--endpoints", "http://"+l.Addr().String())
+	if r.Values != 2500 || len(r.Rows) != 1 || r.Rows[0].KeyID != k.id || old.streams.Load() != 1 {
+		t.Fatalf("%d range streams asked for; census %+v", old.streams.Load(), r)
 	}
 }
