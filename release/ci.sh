@@ -238,7 +238,8 @@ check "provenance: inputs are the commit, go.sum's modules and the Debian lock" 
 	"[.predicate.buildDefinition.resolvedDependencies[] | .digest | keys[0]] | (index(\"gitCommit\") != null and index(\"dirHash\") != null and
 	 (map(select(. == \"sha256\")) | length) == $(jq '.packages | length' release/debian.lock.json))"
 check "provenance: byproducts are both images and the bundle's binaries" provenance_says \
-	"[.predicate.runDetails.byproducts[].name] | (index(\"image linux/amd64\") != null and index(\"image linux/arm64\") != null and index(\"bin/linux-arm64/kms\") != null)"
+	"[.predicate.runDetails.byproducts[].name] | (index(\"image linux/amd64\") != null and index(\"image linux/arm64\") != null and index(\"bin/linux-arm64/kms\") != null
+	 and index(\"bin/linux-amd64/kek-census\") != null and index(\"bin/linux-arm64/kek-census\") != null)"
 
 # 7. The air-gap sequence, as docs/airgap.md gives it, from the bundle's own copy.
 phase "air-gap: the documented sequence against a TLS registry"

@@ -68,7 +68,7 @@ say "writing the air-gap bundle $dir"
 rm -rf "${dir:?}" "$dir.tar"
 mkdir -p "$dir"
 for arch in amd64 arm64; do
-	install -D -m 0755 -t "$dir/bin/linux-$arch" "$bin/release/binaries_$arch"/{kms,kek-file,kek-gen}
+	install -D -m 0755 -t "$dir/bin/linux-$arch" "$bin/release/binaries_$arch"/{kms,kek-census,kek-file,kek-gen}
 done
 install -D -m 0644 -t "$dir/deploy" release/deploy/{kms-static-pod.yaml,encryption-config-v1.yaml,encryption-config-v2.yaml,kms-tmpfiles.conf}
 install -D -m 0644 -t "$dir/systemd" release/deploy/systemd/{kms.service,kms.socket}

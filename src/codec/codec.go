@@ -258,6 +258,15 @@ func (s *Set) decryptLegacy(body []byte) ([]byte, *Key, error) {
 	return best, bestKey, nil
 }
 
+// KeyID returns the key a ciphertext names in its header, without opening
+// it; false for a 2018 ciphertext, which names none, or for anything else.
+func KeyID(ciphertext []byte) (kek.ID, bool) {
+	if len(ciphertext) < headerLen || !(bytes.HasPrefix(ciphertext, []byte(gcmHeader)) || bytes.HasPrefix(ciphertext, []byte(cbcHeader))) {
+		return kek.ID{}, false
+	}
+	return kek.ID(ciphertext[tagLen:headerLen]), true
+}
+
 func (s *Set) keyFor(ciphertext []byte) (*Key, error) {
 	id := kek.ID(ciphertext[tagLen:headerLen])
 	if k := s.Lookup(id); k != nil {

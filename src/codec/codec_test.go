@@ -180,6 +180,26 @@ func TestHeaderPicksKeyAndCodec(t *testing.T) {
 	}
 }
 
+func TestKeyID(t *testing.T) {
+	k := mustKey(t, randBytes(32))
+	set := NewSet([]*Key{k})
+	for _, mode := range []Mode{AESGCM, AESCBC} {
+		ct, _ := set.Encrypt(mode, []byte("dek"))
+		if id, ok := KeyID(ct); !ok || id != k.ID {
+			t.Errorf("%v: KeyID = %v, %v; want %v", mode, id, ok, k.ID)
+		}
+		if _, ok := KeyID(ct[:headerLen-1]); ok {
+			t.Errorf("%v: a truncated header names a key", mode)
+		}
+	}
+	v := codectest.LegacyVectors[0]
+	for _, ct := range [][]byte{v.Ciphertext(), []byte("k8s:enc:aescbc:v1:key1:"), nil} {
+		if id, ok := KeyID(ct); ok {
+			t.Errorf("%.20q names key %v", ct, id)
+		}
+	}
+}
+
 func TestTamperingIsOneGenericError(t *testing.T) {
 	set := NewSet([]*Key{mustKey(t, randBytes(32))})
 	for _, mode := range []Mode{AESGCM, AESCBC} {

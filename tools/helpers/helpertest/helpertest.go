@@ -20,3 +20,9 @@ func KekFile(t testing.TB) string {
 	t.Helper()
 	return testbin.Binary(t, "KEK_FILE_BINARY", "github.com/cmdkms/kms/tools/helpers/kek-file")
 }
+
+// KekCensus returns kek-census's binary ($KEK_CENSUS_BINARY under Bazel).
+func KekCensus(t testing.TB) string {
+	t.Helper()
+	return testbin.Binary(t, "KEK_CENSUS_BINARY", "github.com/cmdkms/kms/tools/helpers/kek-census")
+}

@@ -31,12 +31,14 @@ Usage:
                                       (copy FILE to every node, refresh every daemon)
   kek-gen --promote KEY_ID FILE    2. make it the primary (same again)
   kek-gen --retire KEY_ID FILE     3. remove the old key, once no data needs it
+                                      (kek-census --require-none KEY_ID says so)
 
   kek-gen --add FILE               add a new random key as the primary at once
                                    (one daemon; the old keys stay, for decryption)
 
 FILE is written with mode 0600 through a temporary file in the same directory,
-renamed into place, so readers never see half a file. Only key ids are printed,
+renamed into place, so readers never see half a file. Edits of FILE wait for each
+other: each holds a lock on .FILE.lock beside it. Only key ids are printed,
 never key material. A text keyring is written unless --raw is given; adding a key
 turns a raw (2018-format) key file into a keyring that keeps the raw key.
 
@@ -114,12 +116,32 @@ func generate(o *options, stdout io.Writer) error {
 		return err
 	}
 
+	path := o.file
+	// A symlinked file (a mounted Secret, /etc/alternatives style links) is
+	// updated where it really is, rather than replaced by a plain file.
+	if real, err := filepath.EvalSymlinks(path); err == nil {
+		path = real
+	}
+	if o.editing() {
+		// Before Lock, which would leave a lock file beside a mistyped name.
+		if _, err := os.Stat(path); err != nil {
+			return err
+		}
+	}
+	// Held from the read to the rename, so edits at once are applied one
+	// after the other rather than lost.
+	unlock, err := kekfile.Lock(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
 	var out []byte
 	var old *kekfile.File
 	var did string
 	switch {
 	case o.editing():
-		if old, err = kekfile.Read(o.file); err != nil {
+		if old, err = kekfile.Read(path); err != nil {
 			return err
 		}
 		out, did, err = edit(o, old.Data, k)
@@ -138,12 +160,6 @@ func generate(o *options, stdout io.Writer) error {
 	}
 	defer clear(out)
 
-	path := o.file
-	// A symlinked file (a mounted Secret, /etc/alternatives style links) is
-	// updated where it really is, rather than replaced by a plain file.
-	if real, err := filepath.EvalSymlinks(path); err == nil {
-		path = real
-	}
 	if err := kekfile.Write(path, out, old, o.editing() || o.force); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%s exists; use --add-secondary or --add to add a key to it, or --force to replace it", o.file)

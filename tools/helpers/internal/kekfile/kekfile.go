@@ -1,9 +1,10 @@
 // Package kekfile reads and writes KEK files for the kek-gen and kek-file
-// helpers: bounded reads that check the opened file itself, and atomic
-// 0600 writes.
+// helpers: bounded reads that check the opened file itself, atomic 0600
+// writes, and a lock that serializes edits.
 package kekfile
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -109,4 +110,34 @@ func Write(path string, data []byte, owner *File, replace bool) (err error) {
 	}
 	defer d.Close()
 	return d.Sync()
+}
+
+// Lock waits for, and takes, the exclusive right to edit the KEK file at
+// path, and returns its release. Without it, editors that run at once
+// (kek-gen --add-secondary on one keyring from several shells or
+// automation) each read the same keyring and the last rename wins: the
+// other edits are lost, and with them keys that data may already use.
+//
+// The lock is flock(2) on a file beside it, .NAME.lock, not on the KEK file
+// itself: Write replaces that by rename, so a lock on it would be on an
+// inode that is no longer the file, and an editor that opens the new file
+// would not wait for the holder of the old one. The lock file is left in
+// place: removing it would let two editors lock two different inodes.
+func Lock(path string) (unlock func(), err error) {
+	name := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lock")
+	f, err := os.OpenFile(name, os.O_RDONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("cannot lock %s for editing: %w", path, err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if !errors.Is(err, syscall.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cannot lock %s for editing: flock %s: %w", path, name, err)
+	}
+	return func() { f.Close() }, nil
 }
