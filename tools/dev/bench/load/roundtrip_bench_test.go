@@ -53,7 +53,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}},
 		{"kms+metrics", func() *grpc.Server {
 			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
+			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor(nil)))
 			service.Register(gs, keys, "bench")
 			return gs
 		}},
