@@ -215,14 +215,21 @@ func (l *Log) run(f *os.File) {
 					continue
 				default:
 				}
+				l.warnDropped(&lastWarn, true)
 				return
 			}
 		}
-		if n := l.fullSince.Load(); n > 0 && time.Since(lastWarn) >= warnEvery {
-			l.fullSince.Add(-n)
-			lastWarn = time.Now()
-			l.log.Warn("audit log: the queue was full (the disk is slow); records were dropped", "dropped", n)
-		}
+		l.warnDropped(&lastWarn, false)
+	}
+}
+
+// warnDropped logs how many records a full queue cost since it last did,
+// at most once per warnEvery unless final.
+func (l *Log) warnDropped(last *time.Time, final bool) {
+	if n := l.fullSince.Load(); n > 0 && (final || time.Since(*last) >= warnEvery) {
+		l.fullSince.Add(-n)
+		*last = time.Now()
+		l.log.Warn("audit log: the queue was full (the disk is slow); records were dropped (kms_audit_dropped_total)", "dropped", n)
 	}
 }
 

@@ -1,14 +1,19 @@
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 
 	v2 "github.com/cmdkms/kms/proto/v2"
@@ -48,5 +53,49 @@ func TestRecordDoesNotAllocate(t *testing.T) {
 	now := time.Now()
 	if n := testing.AllocsPerRun(1000, func() { l.Record(ctx, req, resp, codes.OK, now, time.Microsecond) }); n != 0 {
 		t.Errorf("Record: %v allocations per call", n)
+	}
+}
+
+// A writer stuck on a slow disk (here a pipe nobody reads) fills the
+// queue: then records are dropped and counted, and calls never wait.
+func TestFullQueueDrops(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.fifo")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// A reader that never reads, so that opening for writing succeeds
+	// and writes block once the pipe's buffer is full.
+	r, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	var logged bytes.Buffer
+	l, err := Open(path, slog.New(slog.NewTextHandler(&logged, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	req := &v2.EncryptRequest{Uid: "u"}
+	const n = 2 * queueSize
+	began := time.Now()
+	for range n {
+		l.Record(ctx, req, nil, codes.OK, began, time.Microsecond)
+	}
+	if took := time.Since(began); took > 5*time.Second {
+		t.Errorf("%d records took %v to queue: calls waited for the writer", n, took)
+	}
+	if got := testutil.ToFloat64(l.queueFull); got < n/4 {
+		t.Errorf("dropped %v of %d records with a stuck writer", got, n)
+	}
+	// Reading the pipe unblocks the writer, which writes the queue and
+	// stops.
+	go io.Copy(io.Discard, r)
+	l.Close()
+	if got, dropped := testutil.ToFloat64(l.written), testutil.ToFloat64(l.queueFull); got+dropped != n {
+		t.Errorf("written %v + dropped %v != %d", got, dropped, n)
+	}
+	if !strings.Contains(logged.String(), "the queue was full") {
+		t.Errorf("no log line about the dropped records:\n%s", logged.String())
 	}
 }
