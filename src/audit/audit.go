@@ -197,7 +197,7 @@ func (l *Log) run(f *os.File) {
 		case r := <-l.queue:
 			// Let the calls of the next moments queue up behind this one:
 			// under load the writer then wakes and writes once per gather,
-			// not once per call, which cost the daemon a quarter more CPU.
+			// not once per call (a wake-up and a write system call each).
 			if len(l.queue) < queueSize/8 {
 				time.Sleep(gather)
 			}
