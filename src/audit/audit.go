@@ -210,7 +210,7 @@ func (l *Log) run(f *os.File) {
 				// Keep writing to the old file: records in a renamed file
 				// are better than none.
 				l.writeErrors.Inc()
-				l.log.Error("audit log: cannot reopen; still writing to the file opened before", "err", err)
+				l.log.Error("audit log: cannot reopen; still writing to the file opened before", "path", l.path, "err", err)
 				continue
 			}
 			f.Close()

@@ -57,9 +57,8 @@ func ParseIDs(s string) ([]uint32, error) {
 	var ids []uint32
 	for f := range strings.SplitSeq(s, ",") {
 		f = strings.TrimSpace(f)
-		// 4294967295 is (uid_t)-1, which no process can have.
 		id, err := strconv.ParseUint(f, 10, 32)
-		if err != nil || id == 1<<32-1 {
+		if err != nil || id == unknownUID {
 			return nil, fmt.Errorf("%q is not a numeric id", f)
 		}
 		ids = append(ids, uint32(id))
@@ -116,7 +115,9 @@ func (l *Listener) Accept() (net.Conn, error) {
 		case err != nil:
 			c.Close()
 			l.refused.WithLabelValues(ReasonNoCredentials).Inc()
-			l.log.Warn("refused a connection: cannot read its peer's credentials", "err", err)
+			if n, ok := l.quiet.speak(unknownUID, time.Now()); ok {
+				l.log.Warn("refused a connection: cannot read its peer's credentials", "err", err, "suppressed", n)
+			}
 		case !l.policy.Allows(cr):
 			c.Close()
 			l.refused.WithLabelValues(ReasonNotAllowed).Inc()
@@ -172,6 +173,10 @@ const (
 	// their turn like the others.
 	maxNamed = 1024
 )
+
+// unknownUID is (uid_t)-1, which no process has: no list may name it,
+// and the log's rate limit counts callers without credentials under it.
+const unknownUID = 1<<32 - 1
 
 type quiet struct {
 	mu         sync.Mutex
