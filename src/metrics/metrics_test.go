@@ -29,7 +29,7 @@ var (
 
 func TestInterceptorCounts(t *testing.T) {
 	m := newMetrics()
-	ic := m.UnaryInterceptor()
+	ic := m.UnaryInterceptor(nil)
 	for range 3 {
 		ic(context.Background(), nil, encryptInfo, okHandler)
 	}
@@ -59,7 +59,7 @@ func TestInterceptorCounts(t *testing.T) {
 // The request path must not allocate: a benchmark holds the daemon to
 // ≤ 1.10× the CPU per request of a plugin that does nothing.
 func TestInterceptorDoesNotAllocate(t *testing.T) {
-	ic := newMetrics().UnaryInterceptor()
+	ic := newMetrics().UnaryInterceptor(nil)
 	for name, h := range map[string]grpc.UnaryHandler{"ok": okHandler, "error": failHandler} {
 		ic(context.Background(), nil, encryptInfo, h) // first use of a code resolves its series
 		if n := testing.AllocsPerRun(1000, func() { ic(context.Background(), nil, encryptInfo, h) }); n != 0 {
@@ -69,7 +69,7 @@ func TestInterceptorDoesNotAllocate(t *testing.T) {
 }
 
 func BenchmarkInterceptor(b *testing.B) {
-	ic := newMetrics().UnaryInterceptor()
+	ic := newMetrics().UnaryInterceptor(nil)
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {

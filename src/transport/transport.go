@@ -137,6 +137,10 @@ func (c *conn) Close() error {
 	return err
 }
 
+// NetConn returns the connection c wraps, as tls.Conn's does: src/peercred
+// reads the caller's credentials from its file descriptor.
+func (c *conn) NetConn() net.Conn { return c.Conn }
+
 // protoCodec is gRPC's proto codec without its default buffer pool (see
 // pool): an answer is marshalled into a buffer of its own size, and a
 // request that arrived in several frames is joined in a buffer from pool.

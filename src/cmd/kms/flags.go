@@ -12,6 +12,7 @@ import (
 	"github.com/cmdkms/kms/src/cli"
 	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/keysource"
+	"github.com/cmdkms/kms/src/peercred"
 	"github.com/cmdkms/kms/src/process"
 	"github.com/cmdkms/kms/src/socket"
 	"github.com/cmdkms/kms/src/transport"
@@ -36,6 +37,8 @@ type config struct {
 	healthAddress   string
 	mlock           process.Mlock
 	idleTimeout     time.Duration
+	allow           peercred.Policy
+	auditLog        string
 }
 
 const usageHead = `kms: a Kubernetes KMS plugin (KMS v1beta1 and v2 on one unix socket)
@@ -67,6 +70,9 @@ func defineFlags(fs *pflag.FlagSet) (c *config, check func(args []string) error)
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.healthAddress, "health-address", "", "host:port for HTTP /healthz, /readyz and /metrics (e.g. 127.0.0.1:9464); empty: no HTTP listener")
 	mlock := fs.String("mlock", string(process.MlockAuto), "lock memory so keys never reach swap: auto (where it is sure to work), required (or fail), off")
+	allowUID := fs.String("allow-uid", "", "comma-separated user ids whose processes are served (e.g. 0, kube-apiserver's on kubeadm); others are disconnected at once. Empty (with --allow-gid empty): anyone who can open the socket")
+	allowGID := fs.String("allow-gid", "", "comma-separated group ids whose processes are served (the caller's effective gid), besides --allow-uid's")
+	fs.StringVar(&c.auditLog, "audit-log", "", "file to append one JSON line per Encrypt and Decrypt call to (who, which key, outcome); reopened on SIGHUP. Empty: no audit log")
 	fs.BoolVar(&c.showVersion, "version", false, "print the version and exit")
 	// Tests of purge and resume with the real binary cannot wait a minute
 	// per timeout; nothing else should lower the floor.
@@ -127,6 +133,12 @@ func defineFlags(fs *pflag.FlagSet) (c *config, check func(args []string) error)
 		}
 		if c.mode, err = codec.ParseMode(*mode); err != nil {
 			return cli.Usagef("--mode: %w", err)
+		}
+		if c.allow.UIDs, err = peercred.ParseIDs(*allowUID); err != nil {
+			return cli.Usagef("--allow-uid: %w", err)
+		}
+		if c.allow.GIDs, err = peercred.ParseIDs(*allowGID); err != nil {
+			return cli.Usagef("--allow-gid: %w", err)
 		}
 		if c.logFormat != "text" && c.logFormat != "json" {
 			return cli.Usagef("--log-format %q: want text or json", c.logFormat)

@@ -23,10 +23,12 @@ import (
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
 	"github.com/cmdkms/kms/src/admin"
+	"github.com/cmdkms/kms/src/audit"
 	"github.com/cmdkms/kms/src/cli"
 	"github.com/cmdkms/kms/src/health"
 	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/metrics"
+	"github.com/cmdkms/kms/src/peercred"
 	"github.com/cmdkms/kms/src/process"
 	"github.com/cmdkms/kms/src/service"
 	"github.com/cmdkms/kms/src/socket"
@@ -120,7 +122,25 @@ func serve(cfg *config, log *slog.Logger) error {
 	// they feed is set up before the keys are.
 	met := metrics.New(versionString(), &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
 	met.Settings(cfg.timeout, cfg.refreshInterval)
-	gs := transport.NewServer(cfg.idleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
+	var al *audit.Log
+	var rec metrics.Recorder
+	if cfg.auditLog != "" {
+		if al, err = audit.Open(cfg.auditLog, log); err != nil {
+			return err
+		}
+		// Run when serve returns, after the server stopped: the last calls'
+		// records are written.
+		defer al.Close()
+		met.Registry.MustRegister(al.Collectors()...)
+		rec = al
+	}
+	// The callers' credentials are read only when something uses them.
+	peers := cfg.allow.Restricts() || rec != nil
+	opts := []grpc.ServerOption{grpc.UnaryInterceptor(met.UnaryInterceptor(rec))}
+	if peers {
+		opts = append(opts, grpc.Creds(peercred.Credentials{}))
+	}
+	gs := transport.NewServer(cfg.idleTimeout, opts...)
 	hs := health.Register(gs)
 	keys, err := keysource.New(keysource.Config{
 		Command:         cfg.command,
@@ -137,6 +157,10 @@ func serve(cfg *config, log *slog.Logger) error {
 	defer keys.Close()
 	go func() {
 		for range hup {
+			if al != nil {
+				log.Info("SIGHUP: reopening the audit log")
+				al.Reopen()
+			}
 			log.Info("SIGHUP: running the KEK command")
 			keys.Refresh()
 		}
@@ -153,8 +177,14 @@ func serve(cfg *config, log *slog.Logger) error {
 	health.RegisterStatus(gs, keys, versionString())
 	conns := transport.Limit(l)
 	met.Connections(conns.Open)
+	var accepted net.Listener = conns
+	if peers {
+		pl := peercred.Listen(conns, cfg.allow, log)
+		met.Registry.MustRegister(pl.Collector())
+		accepted = pl
+	}
 	served := make(chan error, 2)
-	go func() { served <- gs.Serve(conns) }()
+	go func() { served <- gs.Serve(accepted) }()
 	var hsrv *http.Server
 	if hl != nil {
 		hsrv = admin.NewServer(keys, promhttp.HandlerFor(met.Registry, promhttp.HandlerOpts{}), log)

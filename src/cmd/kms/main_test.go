@@ -75,7 +75,7 @@ func TestFlags(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("--help: exit %d", code)
 	}
-	for _, f := range []string{"--command", "--timeout", "--command-timeout", "--endpoint", "--socket-mode", "--mode", "--shutdown-timeout", "--log-format", "--log-level", "--version"} {
+	for _, f := range []string{"--command", "--timeout", "--command-timeout", "--endpoint", "--socket-mode", "--mode", "--shutdown-timeout", "--log-format", "--log-level", "--version", "--allow-uid", "--allow-gid", "--audit-log"} {
 		if !strings.Contains(out, f+" ") && !strings.Contains(out, f+"[") {
 			t.Errorf("--help does not list %s", f)
 		}
@@ -95,6 +95,8 @@ func TestFlags(t *testing.T) {
 		{[]string{"--command", "true", "--log-format", "xml"}, "want text or json"},
 		{[]string{"--command", "true", "--log-level", "loud"}, "want debug, info"},
 		{[]string{"--command", "true", "check"}, `unexpected argument "check"`},
+		{[]string{"--command", "true", "--allow-uid", "root"}, `--allow-uid: "root" is not a numeric id`},
+		{[]string{"--command", "true", "--allow-gid", "0,-1"}, `--allow-gid: "-1" is not a numeric id`},
 		{[]string{"--comand", "true"}, "unknown flag: --comand"},
 	} {
 		code, out := runToExit(t, tc.args...)
@@ -116,6 +118,7 @@ func TestStartFailures(t *testing.T) {
 		{[]string{"--command", "true", "--endpoint", "unix://" + dir + "/missing/kms.sock"}, "does not exist"},
 		{[]string{"--command", "true"}, "LISTEN_FDS is not set"},
 		{[]string{"--command", "exit 1", "--log-format", "json", "--endpoint", "unix://" + sock}, `"level":"ERROR","msg":"kms stopped"`},
+		{[]string{"--command", "true", "--endpoint", "unix://" + sock, "--audit-log", dir + "/missing/audit.log"}, "audit log: open"},
 	} {
 		code, out := runToExit(t, tc.args...)
 		if code != 1 || !strings.Contains(out, tc.want) {

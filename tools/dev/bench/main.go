@@ -60,6 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&cfg.StormRequests, "storm", 10000, "v1 decrypts in the start-up storm (0 skips it)")
 		fs.IntVar(&cfg.StormCallers, "storm-callers", 64, "callers in the start-up storm")
 		fs.IntVar(&cfg.RSSRequests, "rss-requests", 1000000, "requests between the two RSS readings (0 skips them)")
+		fs.BoolVar(&cfg.Security, "security", true, "also run kms with --audit-log, with --allow-uid, and with both in the steady rounds (kms-audit-log, kms-allow-uid, kms-both rows)")
 		fs.StringVar(&cfg.Dir, "dir", "", "directory for sockets, keyring and server logs (default: a new one under $TMPDIR, removed after)")
 		return func(args []string) error {
 			if err := check(args, &cfg, *kinds); err != nil {

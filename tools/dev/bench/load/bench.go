@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -54,6 +55,9 @@ type Config struct {
 	StormRequests, StormCallers int
 	// RSSRequests are made before the resident set size is read again.
 	RSSRequests int
+	// Security also measures, in the steady rounds, kms with --audit-log,
+	// with --allow-uid (the bench's own uid) and with both (needs KMS).
+	Security bool
 	// Progress gets a line per phase.
 	Progress io.Writer
 }
@@ -97,7 +101,9 @@ func (s *Side) Failed() int {
 // Report is the outcome of Bench.
 type Report struct {
 	Config
-	KMS, Noop          Side
+	KMS, Noop Side
+	// Variants are kms with other flags, steady rounds only (see Security).
+	Variants           []Side
 	LoadBefore, LoadAt string
 }
 
@@ -105,7 +111,7 @@ type Report struct {
 func Bench(cfg Config) (rep *Report, err error) {
 	ctx := context.Background()
 	rep = &Report{Config: cfg, KMS: Side{Name: "kms"}, Noop: Side{Name: "do-nothing"}, LoadBefore: loadAvg()}
-	kms, noop, err := cfg.servers()
+	kms, noop, variants, err := cfg.servers()
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +124,15 @@ func Bench(cfg Config) (rep *Report, err error) {
 		corpus *Corpus
 	}
 	targets := []*target{{srv: kms, side: &rep.KMS}, {srv: noop, side: &rep.Noop}}
+	rep.Variants = make([]Side, len(variants))
+	for i, v := range variants {
+		defer v.stop()
+		rep.Variants[i].Name = v.name
+		targets = append(targets, &target{srv: v, side: &rep.Variants[i]})
+	}
+	// The phases after the steady rounds compare kms with the do-nothing
+	// plugin only.
+	pair := targets[:2]
 	defer func() {
 		for _, t := range targets {
 			if t.client != nil {
@@ -159,8 +174,9 @@ func Bench(cfg Config) (rep *Report, err error) {
 		Run(ctx, cfg.Callers, cfg.Requests/4, workload(t))
 	}
 	for round := range cfg.Rounds {
-		order := []*target{targets[round%2], targets[1-round%2]}
-		for _, t := range order {
+		// Each round begins with the next server.
+		for i := range targets {
+			t := targets[(i+round)%len(targets)]
 			cfg.progress("round %d/%d: %s, %d requests", round+1, cfg.Rounds, t.srv.name, cfg.Requests)
 			r, cpu, err := measure(t, cfg.Callers, cfg.Requests, workload(t))
 			if err != nil {
@@ -195,7 +211,7 @@ func Bench(cfg Config) (rep *Report, err error) {
 		}
 	}
 	if cfg.RSSRequests > 0 {
-		for _, t := range targets {
+		for _, t := range pair {
 			cfg.progress("memory: %s, %d requests", t.srv.name, cfg.RSSRequests)
 			before, err := t.srv.proc()
 			if err != nil {
@@ -210,7 +226,7 @@ func Bench(cfg Config) (rep *Report, err error) {
 		}
 	}
 	if cfg.StormRequests > 0 {
-		for _, t := range targets {
+		for _, t := range pair {
 			cfg.progress("start-up storm: %s, %d v1 decrypts from %d callers", t.srv.name, cfg.StormRequests, cfg.StormCallers)
 			began := time.Now()
 			if t.srv.argv != nil {
@@ -235,13 +251,13 @@ func Bench(cfg Config) (rep *Report, err error) {
 	return rep, nil
 }
 
-func (cfg *Config) servers() (kms, noop *server, err error) {
+func (cfg *Config) servers() (kms, noop *server, variants []*server, err error) {
 	if cfg.KMS != "" {
 		secret := make([]byte, 32)
 		rand.Read(secret)
 		key, err := kek.NewKey(secret)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		ring := &kek.Keyring{Keys: []kek.Key{key}}
 		text := ring.Text()
@@ -249,16 +265,28 @@ func (cfg *Config) servers() (kms, noop *server, err error) {
 		clear(text)
 		ring.Wipe()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := cfg.setKEKDelay(0); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		// The delay file lets the refresh phase slow the command down
 		// without restarting the daemon; "starts" and "runs" get a line
 		// per run begun and finished.
 		command := fmt.Sprintf(`echo >>%[1]s/starts; sleep "$(cat %[1]s/delay)"; echo >>%[1]s/runs; cat %[1]s/keyring`, cfg.Dir)
-		kms = newServer("kms", cfg.Dir, []string{cfg.KMS, "--command", command, "--mode", cfg.Mode})
+		argv := func(flags ...string) []string {
+			return append([]string{cfg.KMS, "--command", command, "--mode", cfg.Mode}, flags...)
+		}
+		kms = newServer("kms", cfg.Dir, argv())
+		if cfg.Security {
+			audit := func(name string) string { return "--audit-log=" + filepath.Join(cfg.Dir, name+".audit") }
+			allow := "--allow-uid=" + strconv.Itoa(os.Geteuid())
+			variants = []*server{
+				newServer("kms-audit-log", cfg.Dir, argv(audit("audit"))),
+				newServer("kms-allow-uid", cfg.Dir, argv(allow)),
+				newServer("kms-both", cfg.Dir, argv(audit("both"), allow)),
+			}
+		}
 	} else {
 		kms = &server{name: "kms", endpoint: cfg.KMSEndpoint, pid: cfg.KMSPID}
 	}
@@ -267,7 +295,7 @@ func (cfg *Config) servers() (kms, noop *server, err error) {
 	} else {
 		noop = &server{name: "do-nothing", endpoint: cfg.NoopEndpoint, pid: cfg.NoopPID}
 	}
-	return kms, noop, nil
+	return kms, noop, variants, nil
 }
 
 func (cfg *Config) setKEKDelay(d time.Duration) error {
@@ -364,6 +392,9 @@ const (
 	// round to round on a shared 2-core machine with nothing changed.
 	maxRefreshP99Ratio = 1.20
 	maxRSSRatio        = 1.10
+	// kms with --audit-log and --allow-uid beside plain kms: caller checks
+	// and an audit trail cost at most a tenth more CPU (issue 20).
+	maxSecurityCPURatio = 1.10
 )
 
 // ErrFailures is returned when requests failed: unlike a missed speed
@@ -372,10 +403,23 @@ var ErrFailures = errors.New("requests failed")
 
 // Check returns ErrFailures if any request in any phase failed.
 func (r *Report) Check() error {
-	if n, m := r.KMS.Failed(), r.Noop.Failed(); n+m > 0 {
-		return fmt.Errorf("%w: kms %d %v, do-nothing %d %v", ErrFailures, n, r.KMS.failures(), m, r.Noop.failures())
+	if n, m := r.kmsFailed(), r.Noop.Failed(); n+m > 0 {
+		fails := []map[string]int{r.KMS.failures()}
+		for i := range r.Variants {
+			fails = append(fails, r.Variants[i].failures())
+		}
+		return fmt.Errorf("%w: kms %d %v, do-nothing %d %v", ErrFailures, n, fails, m, r.Noop.failures())
 	}
 	return nil
+}
+
+// kmsFailed counts the failed requests of kms and its variants.
+func (r *Report) kmsFailed() int {
+	n := r.KMS.Failed()
+	for i := range r.Variants {
+		n += r.Variants[i].Failed()
+	}
+	return n
 }
 
 func (s *Side) failures() map[string]int {
@@ -430,6 +474,21 @@ func (r *Report) rows() ([]row, bool) {
 	}
 	rows = append(rows, p99,
 		row{"latency max", dur(k.Steady.Max()), dur(n.Steady.Max()), ratioStr(k.Steady.Max(), n.Steady.Max()), "", ""})
+	// Each variant beside the do-nothing plugin, its ratio to plain kms:
+	// what the flag costs.
+	for i := range r.Variants {
+		v := &r.Variants[i]
+		vt := ratio(v.Steady.PerSecond(), k.Steady.PerSecond())
+		vc := ratio(float64(v.CPUPerRequest()), float64(k.CPUPerRequest()))
+		cpuRow := row{"  server CPU per request", dur(v.CPUPerRequest()), dur(n.CPUPerRequest()), fmt.Sprintf("%.3f", vc), "x kms", ""}
+		if i == len(r.Variants)-1 {
+			cpuRow.target, cpuRow.met = fmt.Sprintf("<= %.2f x kms", maxSecurityCPURatio), judge(vc <= maxSecurityCPURatio)
+		}
+		rows = append(rows,
+			row{v.Name + ": throughput, requests/s", fmt.Sprintf("%.0f", v.Steady.PerSecond()), fmt.Sprintf("%.0f", n.Steady.PerSecond()), fmt.Sprintf("%.3f", vt), "x kms", ""},
+			cpuRow,
+			row{"  latency p99", dur(v.Steady.Percentile(0.99)), dur(n.Steady.Percentile(0.99)), ratioStr(v.Steady.Percentile(0.99), k.Steady.Percentile(0.99)), "x kms", ""})
+	}
 	if k.Refresh != nil {
 		rr := ratio(float64(k.Refresh.Percentile(0.99)), float64(k.Steady.Percentile(0.99)))
 		rows = append(rows,
@@ -456,7 +515,8 @@ func (r *Report) rows() ([]row, bool) {
 			row{"  storm: time from start to last answer", dur(k.StormTime), dur(n.StormTime), ratioStr(k.StormTime, n.StormTime), "", ""},
 			row{"  storm: latency p99", dur(k.Storm.Percentile(0.99)), dur(n.Storm.Percentile(0.99)), ratioStr(k.Storm.Percentile(0.99), n.Storm.Percentile(0.99)), "", ""})
 	}
-	rows = append(rows, row{"failed requests, all phases", fmt.Sprint(k.Failed()), fmt.Sprint(n.Failed()), "", "0", judge(k.Failed()+n.Failed() == 0)})
+	kf := r.kmsFailed()
+	rows = append(rows, row{"failed requests, all phases", fmt.Sprint(kf), fmt.Sprint(n.Failed()), "", "0", judge(kf+n.Failed() == 0)})
 	return rows, allMet
 }
 

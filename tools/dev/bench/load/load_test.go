@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,12 +144,17 @@ var sink int
 // serve runs gs on a unix socket in a short temp dir, the socket made by
 // the daemon's own socket.Listen, and connects a Client to it.
 func serve(t testing.TB, gs *grpc.Server) *Client {
+	return serveListener(t, gs, func(l net.Listener) net.Listener { return l })
+}
+
+// serveListener is serve with the listener wrapped by wrap.
+func serveListener(t testing.TB, gs *grpc.Server, wrap func(net.Listener) net.Listener) *Client {
 	sock := filepath.Join(testbin.ShortDir(t), "s.sock")
 	l, err := socket.Listen("unix://"+sock, 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go gs.Serve(l)
+	go gs.Serve(wrap(l))
 	t.Cleanup(gs.Stop)
 	c, err := Dial("unix://" + sock)
 	if err != nil {
@@ -243,6 +249,25 @@ func TestReportJudgesTargets(t *testing.T) {
 	if !strings.Contains(out.String(), "All targets met: NO") || rep.Check() != nil {
 		t.Errorf("summary or Check wrong:\n%s", out.String())
 	}
+
+	// The last variant (both flags) is judged against plain kms.
+	rep.KMS = side("kms", 10*time.Microsecond, time.Millisecond, 0)
+	for _, tc := range []struct {
+		both time.Duration
+		want string
+	}{{10900 * time.Nanosecond, "All targets met: yes"}, {11200 * time.Nanosecond, "All targets met: NO"}} {
+		rep.Variants = []Side{side("kms-audit-log", 12*time.Microsecond, time.Millisecond, 0), side("kms-both", tc.both, time.Millisecond, 0)}
+		out.Reset()
+		rep.Print(&out)
+		if !strings.Contains(out.String(), tc.want) || !strings.Contains(out.String(), "<= 1.10 x kms") {
+			t.Errorf("both at %v per request, kms at 10µs: want %q\n%s", tc.both, tc.want, out.String())
+		}
+	}
+	rep.Variants[0] = side("kms-audit-log", time.Microsecond, time.Millisecond, 1)
+	if err := rep.Check(); !errors.Is(err, ErrFailures) {
+		t.Fatalf("Check with a variant's failures: %v", err)
+	}
+	rep.Variants = nil
 	rep.Noop = side("do-nothing", 10*time.Microsecond, time.Millisecond, 2)
 	if err := rep.Check(); !errors.Is(err, ErrFailures) {
 		t.Fatalf("Check with failures: %v", err)

@@ -3,7 +3,10 @@ package load
 import (
 	"context"
 	"log/slog"
+	"net"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,8 +15,10 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
+	"github.com/cmdkms/kms/src/audit"
 	"github.com/cmdkms/kms/src/keysource"
 	"github.com/cmdkms/kms/src/metrics"
+	"github.com/cmdkms/kms/src/peercred"
 	"github.com/cmdkms/kms/src/service"
 	"github.com/cmdkms/kms/src/testbin"
 	"github.com/cmdkms/kms/src/transport"
@@ -53,13 +58,33 @@ func BenchmarkRoundTrip(b *testing.B) {
 		}},
 		{"kms+metrics", func() *grpc.Server {
 			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
-			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor()))
+			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor(nil)))
+			service.Register(gs, keys, "bench")
+			return gs
+		}},
+		// --allow-uid and --audit-log, as src/cmd/kms sets them up.
+		{"kms+metrics+peercred+audit", func() *grpc.Server {
+			met := metrics.New("bench", &v1beta1.KeyManagementService_ServiceDesc, &v2.KeyManagementService_ServiceDesc)
+			al, err := audit.Open(filepath.Join(b.TempDir(), "audit.log"), slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(al.Close)
+			gs := transport.NewServer(transport.IdleTimeout, grpc.UnaryInterceptor(met.UnaryInterceptor(al)), grpc.Creds(peercred.Credentials{}))
 			service.Register(gs, keys, "bench")
 			return gs
 		}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			c := serve(b, v.build())
+			gs := v.build()
+			var c *Client
+			if strings.Contains(v.name, "peercred") {
+				c = serveListener(b, gs, func(l net.Listener) net.Listener {
+					return peercred.Listen(l, peercred.Policy{UIDs: []uint32{uint32(os.Geteuid())}}, slog.New(slog.DiscardHandler))
+				})
+			} else {
+				c = serve(b, gs)
+			}
 			corpus, err := NewCorpus(context.Background(), c, 100)
 			if err != nil {
 				b.Fatal(err)
