@@ -199,7 +199,7 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 		return fail(fmt.Errorf("%w within %v; killed its process group", ErrTimeout, timeout))
 	case waitErr != nil:
 		return fail(waitErr)
-	case readErr != io.ErrUnexpectedEOF && readErr != io.EOF && !errors.Is(readErr, os.ErrDeadlineExceeded):
+	case !errors.Is(readErr, io.ErrUnexpectedEOF) && !errors.Is(readErr, io.EOF) && !errors.Is(readErr, os.ErrDeadlineExceeded):
 		return fail(fmt.Errorf("reading the command's output: %w", readErr))
 	}
 	return buf[:n], stderr, nil
