@@ -652,6 +652,9 @@ func (s *Source) loop(ctx context.Context) {
 					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", s.runs.failed())
 			}
 		case r := <-results:
+			if errors.Is(r.err, ErrCancelled) {
+				return // ctx ended with the run; not a failure of the command
+			}
 			results = nil
 			if r.err == nil {
 				// Installed before the run counts as ended, so that whoever
