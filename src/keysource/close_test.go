@@ -121,6 +121,10 @@ func TestRunEndsAtOnceWhenCancelled(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the cancelled run did not end; it waits for the escapee")
 	}
+	// Cancelled before it started: no command runs, and it is no failure.
+	if _, _, err := Run(ctx, []string{"/bin/sh", "-c", "true"}, time.Minute); !errors.Is(err, ErrCancelled) {
+		t.Fatalf("run cancelled before it started: %v", err)
+	}
 }
 
 // Close ends a refresh at once while an escapee holds the pipes, and the

@@ -159,6 +159,9 @@ func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []by
 	outW.Close()
 	errW.Close()
 	if err != nil {
+		if ctx.Err() != nil { // exec does not start a command for a done ctx
+			return nil, "", fmt.Errorf("%w: %w", ErrCancelled, context.Cause(ctx))
+		}
 		return nil, "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
 	exited := killStraysOnExit(cmd.Process.Pid)
