@@ -21,6 +21,11 @@ import (
 // Only test builds can lower it (testflags.go).
 const minTimeout = time.Minute
 
+// defineTestFlags adds the flags of test builds (testflags.go); a release
+// build has none. It is set only at init: the kmstest tag, rather than a
+// file for each side, keeps gazelle's view of the package whole.
+var defineTestFlags = func(*pflag.FlagSet, *config) {}
+
 // config is everything the flags decide.
 type config struct {
 	command         string

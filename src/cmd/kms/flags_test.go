@@ -1,5 +1,3 @@
-//go:build !kmstest
-
 package main
 
 import (
@@ -8,9 +6,10 @@ import (
 	"testing"
 )
 
-// A release build (this package's tests are one, unlike the daemon
-// src/testbin builds for them) has no test-only flags: nothing lowers the
-// 1m floor of --timeout or the idle timeout.
+// A release build has no test-only flags: nothing lowers the 1m floor of
+// --timeout or the idle timeout. This package's test binary is one (go test
+// and Bazel build it without the kmstest tag), unlike the daemon that
+// src/testbin gives the other tests.
 func TestReleaseBuildKeepsTheFloors(t *testing.T) {
 	for _, tc := range []struct {
 		args []string

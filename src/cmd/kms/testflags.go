@@ -2,18 +2,18 @@
 
 package main
 
-import (
-	"github.com/spf13/pflag"
-)
+import "github.com/spf13/pflag"
 
-// defineTestFlags adds, in test builds only (the kmstest build tag: the
-// daemon src/testbin builds for go test, and Bazel's :kms_testing), the
-// flags that tests of the real binary need and an operator must not have:
-// purges and idle connections cannot take minutes in a test, and a release
-// binary cannot be made to purge or run its command faster than the floors.
-func defineTestFlags(fs *pflag.FlagSet, c *config) {
-	fs.DurationVar(&c.minTimeout, "min-timeout", c.minTimeout, "lowest --timeout accepted (test builds only)")
-	fs.MarkHidden("min-timeout")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", c.idleTimeout, "close a connection with no call in flight after this long (test builds only)")
-	fs.MarkHidden("idle-timeout")
+// Test builds (the kmstest build tag: the daemon src/testbin builds for go
+// test, and Bazel's :kms_testing) have the flags that tests of the real
+// binary need and an operator must not have: purges and idle connections
+// cannot take minutes in a test, and a release binary cannot be made to
+// purge or run its command faster than the floors.
+func init() {
+	defineTestFlags = func(fs *pflag.FlagSet, c *config) {
+		fs.DurationVar(&c.minTimeout, "min-timeout", c.minTimeout, "lowest --timeout accepted (test builds only)")
+		fs.MarkHidden("min-timeout")
+		fs.DurationVar(&c.idleTimeout, "idle-timeout", c.idleTimeout, "close a connection with no call in flight after this long (test builds only)")
+		fs.MarkHidden("idle-timeout")
+	}
 }
