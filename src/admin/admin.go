@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cmdkms/kms/src/health"
-	"github.com/cmdkms/kms/src/keysource"
 )
 
 // Listen opens address (host:port). There is no authentication: when the
@@ -31,7 +30,7 @@ func Listen(address string, log *slog.Logger) (net.Listener, error) {
 
 // NewServer returns the HTTP server of the endpoints, with timeouts that
 // keep a slow client from holding it.
-func NewServer(keys *keysource.Source, metrics http.Handler, log *slog.Logger) *http.Server {
+func NewServer(keys health.Cipher, metrics http.Handler, log *slog.Logger) *http.Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")

@@ -89,7 +89,9 @@ var (
 )
 
 // Key is a KEK with its AES state, set up once so requests pay only for
-// the encryption itself. It holds no copy of the raw key bytes.
+// the encryption itself. It keeps no separate copy of the raw key bytes,
+// but its AES key schedule starts with them (AES's first round key is the
+// key itself) and GCM's hash key derives from them: Wipe clears both.
 type Key struct {
 	ID kek.ID
 	// KeyID is ID.String(), computed once for the KMS v2 hot path.

@@ -16,7 +16,6 @@ import (
 
 	"github.com/cmdkms/kms/proto/v1beta1"
 	v2 "github.com/cmdkms/kms/proto/v2"
-	"github.com/cmdkms/kms/src/keysource"
 )
 
 // Health is the standard grpc.health.v1 service on the KMS socket. It
@@ -91,13 +90,20 @@ type watchStream struct {
 
 func (s watchStream) Context() context.Context { return s.ctx }
 
+// Cipher is what Ready needs of the key cache (a keysource.Source in the
+// daemon).
+type Cipher interface {
+	Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err error)
+	Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err error)
+}
+
 // readyProbe is what Ready encrypts; it is not secret.
 var readyProbe = []byte("kms readiness probe")
 
 // Ready says whether the daemon can serve requests right now: a KEK is
 // loaded and a round trip through the codec, with the primary key and the
 // daemon's mode, gives the plaintext back. It returns the primary's key_id.
-func Ready(keys *keysource.Source) (keyID string, err error) {
+func Ready(keys Cipher) (keyID string, err error) {
 	ct, keyID, err := keys.Encrypt(readyProbe)
 	if err != nil {
 		return "", fmt.Errorf("encrypt: %w", err)

@@ -2,6 +2,7 @@ package health
 
 import (
 	"context"
+	"errors"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -11,16 +12,25 @@ import (
 	"github.com/cmdkms/kms/src/keysource"
 )
 
+// Runs is what the status service needs of the key cache (a
+// keysource.Source in the daemon).
+type Runs interface {
+	Status() keysource.Status
+	// RefreshAndWait runs the command and returns that run's error;
+	// keysource.ErrStopping while the daemon stops.
+	RefreshAndWait(ctx context.Context) error
+}
+
 // RegisterStatus adds the daemon's status service (proto/status) to s:
 // the keys it holds and how its KEK command fares, for `kms status`, and a
 // refresh that waits for its run, for `kms refresh`.
-func RegisterStatus(s *grpc.Server, keys *keysource.Source, version string) {
+func RegisterStatus(s *grpc.Server, keys Runs, version string) {
 	statuspb.RegisterStatusServer(s, statusServer{keys: keys, version: version})
 }
 
 type statusServer struct {
 	statuspb.UnimplementedStatusServer
-	keys    *keysource.Source
+	keys    Runs
 	version string
 }
 
@@ -29,10 +39,12 @@ func (s statusServer) Get(context.Context, *statuspb.GetRequest) (*statuspb.GetR
 }
 
 func (s statusServer) Refresh(ctx context.Context, _ *statuspb.RefreshRequest) (*statuspb.GetResponse, error) {
-	if err := s.keys.RefreshAndWait(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil, status.FromContextError(ctx.Err()).Err()
-		}
+	switch err := s.keys.RefreshAndWait(ctx); {
+	case ctx.Err() != nil:
+		return nil, status.FromContextError(ctx.Err()).Err()
+	case errors.Is(err, keysource.ErrStopping):
+		return nil, status.Error(codes.Unavailable, err.Error())
+	case err != nil:
 		return nil, status.Errorf(codes.FailedPrecondition, "the KEK command failed: %v", err)
 	}
 	return s.get(), nil

@@ -34,6 +34,9 @@ const (
 var (
 	ErrTimeout       = errors.New("command did not finish")
 	ErrTooMuchOutput = fmt.Errorf("command printed more than %d bytes", MaxOutput)
+	// ErrCancelled: the caller stopped the run (the daemon is stopping); it
+	// says nothing about the command.
+	ErrCancelled = errors.New("run cancelled")
 )
 
 // DefaultShell runs commands when it exists (see Argv).
@@ -123,63 +126,118 @@ func outcome(err error) Outcome {
 // of key bytes are left for the garbage collector); the caller wipes it.
 // stderr comes back truncated, for the log; on error it is also part of the
 // message. stdout never is.
+//
+// The run is over when the command's main process has exited: what it left
+// in its process group is killed then, and output is read for OutputGrace
+// more, in case a child that left the group (setsid) still writes; such a
+// child may keep the pipes open for ever, so reading stops there. When ctx
+// ends the run is killed and Run returns at once, with ErrCancelled.
 func Run(ctx context.Context, argv []string, timeout time.Duration) (stdout []byte, stderr string, err error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	runCtx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
-	pr, pw, err := os.Pipe()
+	outR, outW, err := os.Pipe()
 	if err != nil {
 		return nil, "", err
 	}
-	defer pr.Close()
-	var errOut capWriter
-	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
-	cmd.Stdout = pw
-	cmd.Stderr = &errOut
+	defer outR.Close()
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return nil, "", err
+	}
+	defer errR.Close()
+	cmd := exec.CommandContext(runCtx, argv[0], argv[1:]...)
+	// Both pipes are ours rather than exec's, so that their reads can be
+	// cut off (below) whoever else holds them open.
+	cmd.Stdout, cmd.Stderr = outW, errW
 	// Own process group, so a timeout kills whatever the command spawned
 	// (a shell's children would otherwise keep running, and keep the pipe open).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	// A descendant that left the group could hold stderr open forever.
-	cmd.WaitDelay = time.Second
 	err = process.StartChild(cmd)
-	pw.Close()
+	outW.Close()
+	errW.Close()
 	if err != nil {
+		if ctx.Err() != nil { // exec does not start a command for a done ctx
+			return nil, "", fmt.Errorf("%w: %w", ErrCancelled, context.Cause(ctx))
+		}
 		return nil, "", fmt.Errorf("start %s: %w", argv[0], err)
 	}
-	// The same escapee could hold stdout open: reading stops at the deadline.
-	pr.SetReadDeadline(time.Now().Add(timeout + time.Second))
-	strays := killStraysOnExit(cmd.Process.Pid)
+	exited := killStraysOnExit(cmd.Process.Pid)
+	finished := make(chan struct{})
+	defer close(finished)
+	go cutReads(runCtx, exited, finished, outR, errR)
 
+	var errOut capWriter
+	stderrRead := make(chan struct{})
+	go func() {
+		io.Copy(&errOut, errR)
+		close(stderrRead)
+	}()
 	buf := make([]byte, MaxOutput+1)
-	n, readErr := io.ReadFull(pr, buf)
+	n, readErr := io.ReadFull(outR, buf)
 	if readErr == nil {
 		// More than MaxOutput: kill now rather than wait for the timeout.
 		cancel()
 	}
-	<-strays
+	<-exited
 	waitErr := cmd.Wait()
 	process.ChildDone(cmd)
+	<-stderrRead
 	stderr = errOut.String()
-	fail := func(format string, args ...any) ([]byte, string, error) {
+	fail := func(err error) ([]byte, string, error) {
 		clear(buf)
-		err := fmt.Errorf(format, args...)
 		if stderr != "" {
 			err = fmt.Errorf("%w; stderr: %s", err, stderr)
 		}
 		return nil, stderr, err
 	}
 	switch {
+	case ctx.Err() != nil:
+		return fail(fmt.Errorf("%w: %w", ErrCancelled, context.Cause(ctx)))
 	case readErr == nil:
-		return fail("%w", ErrTooMuchOutput)
-	case ctx.Err() == context.DeadlineExceeded:
-		return fail("%w within %v; killed its process group", ErrTimeout, timeout)
+		return fail(ErrTooMuchOutput)
+	case errors.Is(runCtx.Err(), context.DeadlineExceeded):
+		return fail(fmt.Errorf("%w within %v; killed its process group", ErrTimeout, timeout))
 	case waitErr != nil:
-		return fail("command failed: %v", waitErr)
-	case readErr != io.ErrUnexpectedEOF && readErr != io.EOF:
-		return fail("reading command output: %v", readErr)
+		return fail(waitErr)
+	case !errors.Is(readErr, io.ErrUnexpectedEOF) && !errors.Is(readErr, io.EOF) && !errors.Is(readErr, os.ErrDeadlineExceeded):
+		return fail(fmt.Errorf("reading the command's output: %w", readErr))
 	}
 	return buf[:n], stderr, nil
+}
+
+// OutputGrace is how long output is still read after the command has
+// exited. What the command itself wrote is in the pipe by then and is read
+// in far less; the grace is for a child that left the process group and
+// has not quite finished writing, and it is short because such a child may
+// hold the pipe for ever, and each run of the daemon waits for it.
+const OutputGrace = 500 * time.Millisecond
+
+// cutReads ends the reads of a run's pipes: OutputGrace after the command
+// exited, at once when ctx ends (a timeout, or the daemon stopping). It
+// returns when the run is finished.
+func cutReads(ctx context.Context, exited, finished <-chan struct{}, pipes ...*os.File) {
+	cut := func(at time.Time) {
+		for _, p := range pipes {
+			p.SetReadDeadline(at)
+		}
+	}
+	select {
+	case <-exited:
+		cut(time.Now().Add(OutputGrace))
+	case <-ctx.Done():
+		cut(time.Now())
+		return
+	case <-finished:
+		return
+	}
+	select {
+	case <-ctx.Done():
+		cut(time.Now())
+	case <-finished:
+	}
 }
 
 // killStraysOnExit kills the process group of the command pid once the

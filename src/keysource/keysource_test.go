@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/cmdkms/kms/src/codec"
 	"github.com/cmdkms/kms/src/kek"
 	"github.com/cmdkms/kms/src/testbin"
 )
@@ -161,20 +163,20 @@ func TestRunKillsStraysWhenTheCommandExits(t *testing.T) {
 	waitDead(t, "the stray", pidFile)
 }
 
-// waitDead waits until the process whose pid is in pidFile is gone, or a
-// zombie waiting for a PID 1 that does not reap.
+// waitDead waits until the processes whose pids are in pidFile, one a
+// line, are gone, or zombies waiting for a PID 1 that does not reap.
 func waitDead(t *testing.T, what, pidFile string) {
 	t.Helper()
-	pidText, err := os.ReadFile(pidFile)
+	pids, err := os.ReadFile(pidFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var pid int
-	fmt.Sscan(string(pidText), &pid)
-	waitFor(t, what+" to die", func() bool {
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		return err != nil || strings.Contains(string(stat), ") Z ")
-	})
+	for _, pid := range strings.Fields(string(pids)) {
+		waitFor(t, what+" to die", func() bool {
+			stat, err := os.ReadFile("/proc/" + pid + "/stat")
+			return err != nil || strings.Contains(string(stat), ") Z ")
+		})
+	}
 }
 
 func TestRunErrorCarriesStderrNeverStdout(t *testing.T) {
@@ -232,7 +234,8 @@ func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 	if d := time.Since(began); d < timeout {
 		t.Fatalf("purged after %v, before the %v timeout", d, timeout)
 	}
-	time.Sleep(timeout / 2) // several more failed runs
+	failed := s.Status().Failures
+	waitFor(t, "more failed runs", func() bool { return s.Status().Failures >= failed+3 })
 	if primary(s) != "" {
 		t.Fatal("keys came back while the command still fails")
 	}
@@ -253,20 +256,23 @@ func TestPurgeAfterTimeoutThenResume(t *testing.T) {
 	}
 }
 
-// A refresh that hangs is killed; expiry does not wait for it.
+// A refresh that hangs is killed; expiry does not wait for it. The first
+// hung run is killed before the timeout (Validate sees to that), the retry
+// hangs across it.
 func TestHungRefreshIsPurgedOnTime(t *testing.T) {
 	dir := t.TempDir()
 	path, hang := filepath.Join(dir, "keyring"), filepath.Join(dir, "hang")
 	testbin.WriteKeyring(t, path, testbin.NewKey())
-	const timeout = 2 * time.Second
+	const timeout, commandTimeout = 4 * time.Second, 3 * time.Second
 	began := time.Now()
 	s, logs := start(t, Config{
 		Command: fmt.Sprintf("if [ -e %s ]; then sleep 600; fi; cat %s", hang, path),
-		Timeout: timeout, CommandTimeout: 10 * time.Minute,
+		Timeout: timeout, RefreshInterval: 500 * time.Millisecond, CommandTimeout: commandTimeout,
 	})
 	os.WriteFile(hang, nil, 0o600)
 	waitFor(t, "the purge", func() bool { return primary(s) == "" })
-	if d := time.Since(began); d > timeout+3*time.Second {
+	// Waiting for the retry would put it past timeout+commandTimeout/2.
+	if d := time.Since(began); d > timeout+commandTimeout/2 {
 		t.Fatalf("purge came %v after start; the hung run delayed it", d)
 	}
 	closed := make(chan struct{})
@@ -305,33 +311,82 @@ func TestGarbageOnRefreshKeepsServing(t *testing.T) {
 	}
 }
 
-// Requests read the keys while a slow refresh runs, without waiting.
+// Requests read the keys while a slow refresh runs, without waiting for
+// it; and when the refresh then drops a key (the oldest retired one, past
+// maxRetired), the wipe waits for the requests in flight, which go on.
 func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 	dir := t.TempDir()
 	path, slow := filepath.Join(dir, "keyring"), filepath.Join(dir, "slow")
-	a, b := testbin.NewKey(), testbin.NewKey()
-	testbin.WriteKeyring(t, path, a)
-	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then sleep 2; fi; cat %s", slow, path), CommandTimeout: time.Minute})
-	os.WriteFile(slow, nil, 0o600)
-	testbin.WriteKeyring(t, path, b, a)
-	s.Refresh()
-	began := time.Now()
-	reads := 0
-	for time.Since(began) < time.Second {
-		t0 := time.Now()
-		_, id, err := s.Encrypt([]byte("dek"))
-		if err != nil || time.Since(t0) > 100*time.Millisecond {
-			t.Fatal("a reader waited for the refresh")
+	wait, open := gate(t)
+	first := testbin.NewKey()
+	testbin.WriteKeyring(t, path, first)
+	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then read x < %s; fi; cat %s", slow, wait, path)})
+	for range maxRetired {
+		k := testbin.NewKey()
+		testbin.WriteKeyring(t, path, k)
+		if err := s.RefreshAndWait(context.Background()); err != nil {
+			t.Fatal(err)
 		}
-		if id == idOf(t, b) {
-			t.Fatal("refresh finished before the command did")
-		}
-		reads++
-		time.Sleep(time.Millisecond)
 	}
-	waitFor(t, "the slow refresh", func() bool { return primary(s) == idOf(t, b) })
-	if reads < 100 {
-		t.Fatalf("only %d reads", reads)
+	oldest := s.keys.Load().set.Keys()[maxRetired]
+	if oldest.KeyID != idOf(t, first) {
+		t.Fatalf("the oldest key is %s", oldest.KeyID)
+	}
+	last := testbin.NewKey()
+	testbin.WriteKeyring(t, path, last)
+	os.WriteFile(slow, nil, 0o600)
+	s.Refresh() // waits at the gate
+
+	var reads atomic.Int64
+	stop := make(chan struct{})
+	readErr := make(chan error, 1)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				readErr <- nil
+				return
+			default:
+			}
+			if _, _, err := s.Encrypt([]byte("dek")); err != nil {
+				readErr <- err
+				return
+			}
+			reads.Add(1)
+		}
+	}()
+	// Readers get on while the command waits at the gate: they do not wait
+	// for the run (else this would time out).
+	waitFor(t, "reads during the run", func() bool { return reads.Load() >= 1000 })
+	if primary(s) == idOf(t, last) {
+		t.Fatal("the refresh finished before the command did")
+	}
+	os.Remove(slow)
+	open()
+	waitFor(t, "the refresh", func() bool { return primary(s) == idOf(t, last) })
+	// The end of a later run follows the wipe of the dropped key, for
+	// the race detector too.
+	if err := s.RefreshAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	at := reads.Load()
+	waitFor(t, "reads after the drop", func() bool { return reads.Load() >= at+1000 })
+	close(stop)
+	if err := <-readErr; err != nil {
+		t.Fatalf("a reader failed: %v", err)
+	}
+	if s.keys.Load().set.Lookup(oldest.ID) != nil {
+		t.Fatal("the oldest retired key was not dropped")
+	}
+	// A wiped key has no cipher left: using it panics rather than
+	// encrypt under zeros.
+	wiped := func() (panicked bool) {
+		defer func() { panicked = recover() != nil }()
+		codec.NewSet([]*codec.Key{oldest}).Encrypt(codec.AESGCM, []byte("x"))
+		return false
+	}()
+	if !wiped {
+		t.Fatal("the dropped key was not wiped")
 	}
 }
 

@@ -1,12 +1,15 @@
 package keysource
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -26,40 +29,152 @@ func (r *recorder) runs() int {
 	return n
 }
 
+// gate is a named pipe a command blocks on (`read x < gate`) until the
+// test opens it.
+func gate(t *testing.T) (path string, open func()) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "gate")
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, func() {
+		f, err := os.OpenFile(path, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+}
+
+// lines counts the lines of path, 0 if it does not exist.
+func lines(path string) int {
+	b, _ := os.ReadFile(path)
+	return strings.Count(string(b), "\n")
+}
+
 // A refresh asked for while a run is under way (an operator's SIGHUP after
 // editing the keyring) is never dropped: the run in flight read the keyring
 // before the change, so one more run follows it; several such requests
 // cause just one.
 func TestRefreshDuringARunRunsAgain(t *testing.T) {
 	dir := t.TempDir()
-	path, slow := filepath.Join(dir, "keyring"), filepath.Join(dir, "slow")
+	path, slow, runs := filepath.Join(dir, "keyring"), filepath.Join(dir, "slow"), filepath.Join(dir, "runs")
+	wait, open := gate(t)
 	a, b := testbin.NewKey(), testbin.NewKey()
 	testbin.WriteKeyring(t, path, a)
-	rec := &recorder{}
-	// The keyring is read first, then the run takes its time.
-	s, logs := start(t, Config{Command: fmt.Sprintf(`k=$(cat %s); if [ -e %s ]; then sleep 1; fi; printf '%%s\n' "$k"`, path, slow), Hooks: rec})
+	// Each run reads the keyring and counts itself, then the slow one
+	// waits at the gate.
+	s, logs := start(t, Config{Command: fmt.Sprintf(`k=$(cat %s); echo >> %s; if [ -e %s ]; then read x < %s; fi; printf '%%s\n' "$k"`, path, runs, slow, wait)})
 	os.WriteFile(slow, nil, 0o600)
 	s.Refresh()
-	waitFor(t, "the slow run to begin", func() bool { return testbin.CountProcs("sleep 1") > 0 })
+	waitFor(t, "the slow run to begin", func() bool { return lines(runs) == 2 })
 	testbin.WriteKeyring(t, path, b, a)
 	for range 5 {
 		s.Refresh()
 	}
+	waitFor(t, "the requests to be seen", func() bool { return logs.count("runs again when this run ends") > 0 })
+	os.Remove(slow)
+	open()
 	waitFor(t, "the rotated keyring", func() bool { return primary(s) == idOf(t, b) })
-	time.Sleep(1500 * time.Millisecond) // time for any further runs to show
-	if n := rec.runs(); n != 3 {
-		t.Errorf("%d successful runs, want 3: the first, the slow one, and one more for the five refreshes during it", n)
+	// One more run, waited for: a run beyond the one for the five
+	// requests would come before it, and be counted.
+	if err := s.RefreshAndWait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := lines(runs); n != 4 {
+		t.Errorf("%d runs, want 4: the first, the slow one, one more for the five refreshes during it, and the last", n)
 	}
 	if n := logs.count("runs again when this run ends"); n != 1 {
 		t.Errorf("the coalesced refresh was logged %d times:\n%s", n, logs)
 	}
 }
 
+// stallingLog holds the loop in its log line about a request during a
+// run, when armed, until released: the loop is then busy, and what comes
+// meanwhile is ready together when it selects again.
+type stallingLog struct {
+	logBuf
+	armed    atomic.Bool
+	stalled  chan struct{}
+	released chan struct{}
+}
+
+func (l *stallingLog) Write(p []byte) (int, error) {
+	if bytes.Contains(p, []byte("runs again when this run ends")) && l.armed.CompareAndSwap(true, false) {
+		l.stalled <- struct{}{}
+		<-l.released
+	}
+	return l.logBuf.Write(p)
+}
+
+// refresher, when armed, asks for refreshes from within a run just before
+// it ends: one, seen by the loop, which then stalls in its log line; and a
+// second, which the loop gets together with the run's result.
+type refresher struct {
+	recorder
+	s   *Source
+	log *stallingLog
+	arm atomic.Bool
+}
+
+func (r *refresher) CommandRan(o Outcome, took time.Duration, end time.Time) {
+	r.recorder.CommandRan(o, took, end)
+	if !r.arm.CompareAndSwap(true, false) {
+		return
+	}
+	r.log.armed.Store(true)
+	r.s.Refresh()
+	<-r.log.stalled
+	r.s.Refresh()
+	go func() {
+		// The result is sent as soon as this returns; released before,
+		// the loop would see the request first, which hides a fault
+		// but fails nothing.
+		time.Sleep(50 * time.Millisecond)
+		r.log.released <- struct{}{}
+	}()
+}
+
+// Requests during a run cause exactly one more run, also when the last of
+// them reaches the loop together with the run's result.
+func TestRequestsWithTheResultCauseOneRun(t *testing.T) {
+	dir := t.TempDir()
+	path, runs := filepath.Join(dir, "keyring"), filepath.Join(dir, "runs")
+	testbin.WriteKeyring(t, path, testbin.NewKey())
+	log := &stallingLog{stalled: make(chan struct{}), released: make(chan struct{})}
+	r := &refresher{log: log}
+	s, err := New(Config{Command: fmt.Sprintf("echo >> %s; cat %s", runs, path), Hooks: r,
+		Timeout: time.Hour, CommandTimeout: 10 * time.Second, Log: slog.New(slog.NewTextHandler(log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.s = s
+	t.Cleanup(s.Close)
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		before, ended := lines(runs), r.runs()
+		r.arm.Store(true)
+		if err := s.RefreshAndWait(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the run the requests cause", func() bool { return r.runs() >= ended+2 })
+		// A spurious run would start as soon as that one ended. Time
+		// for it to show can only hide it, not fail the test.
+		time.Sleep(300 * time.Millisecond)
+		if n := lines(runs) - before; n != 2 {
+			t.Fatalf("round %d: %d runs, want 2: the one asked for, and one more for the requests during it", i, n)
+		}
+	}
+}
+
 // Stopping the daemon while its first run is under way kills the
 // command's whole process group at once and Start returns.
 func TestStartStopsWhenCancelled(t *testing.T) {
-	marker := fmt.Sprintf("sleep 3%d", os.Getpid()%1000)
-	s, err := New(Config{Command: marker + " & " + marker + "; echo never", Timeout: time.Hour, CommandTimeout: time.Minute, Log: slog.New(slog.DiscardHandler)})
+	pids := filepath.Join(t.TempDir(), "pids")
+	s, err := New(Config{Command: fmt.Sprintf("sleep 300 & echo $! >> %s; echo $$ >> %s; wait; echo never", pids, pids),
+		Timeout: time.Hour, CommandTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +182,7 @@ func TestStartStopsWhenCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Start(ctx) }()
-	waitFor(t, "the command to run", func() bool { return testbin.CountProcs(marker) == 2 })
+	waitFor(t, "the command to run", func() bool { return lines(pids) == 2 })
 	began := time.Now()
 	cancel()
 	select {
@@ -81,7 +196,7 @@ func TestStartStopsWhenCancelled(t *testing.T) {
 	if d := time.Since(began); d > 2*time.Second {
 		t.Errorf("Start returned %v after the cancel", d)
 	}
-	waitFor(t, "the command's processes to end", func() bool { return testbin.CountProcs(marker) == 0 })
+	waitDead(t, "the command's processes", pids)
 }
 
 // Every Timeout New accepts gives sane timers: the largest, a year, does
@@ -109,6 +224,10 @@ func TestTimersAtTheLimits(t *testing.T) {
 		{Timeout: MaxTimeout + time.Nanosecond, CommandTimeout: time.Second},
 		{Timeout: time.Hour, RefreshInterval: time.Hour, CommandTimeout: time.Second},
 		{Timeout: time.Hour, RefreshInterval: -time.Second, CommandTimeout: time.Second},
+		{Timeout: time.Hour, CommandTimeout: time.Hour},
+		// What the daemon's flags refuse, New refuses too: a run
+		// starting at the refresh would end after the purge.
+		{Timeout: time.Hour, RefreshInterval: 30 * time.Minute, CommandTimeout: 30 * time.Minute},
 	} {
 		cfg.Command, cfg.Log = "true", log
 		if _, err := New(cfg); err == nil {

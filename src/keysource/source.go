@@ -6,11 +6,15 @@
 // and Start fails if it does. A loaded keyring is good for Timeout. Every
 // RefreshInterval the command is re-run in the background, one run at a
 // time, with exponential backoff and jitter between failed tries. Requests
-// never wait on a run: they read the current keys under a read lock that a
-// refresh only takes for a pointer swap. If Timeout passes without a
-// successful run, the keys are dropped (purged) and requests fail with
-// ErrPurged until a run succeeds again. Keys that are dropped are wiped
-// once no request uses them.
+// never wait on a run: they load the current keys with one atomic read and
+// hold a read lock while they use them. Replacing the keys takes no lock;
+// only dropping keys does (purge, a retired key beyond the bound, Close):
+// it takes the write lock, empty, to wait until no request uses the keys
+// it then wipes, and while it waits new requests wait too (that is how
+// sync.RWMutex keeps a writer from starving), for the requests in flight,
+// never for a run. If Timeout passes without a successful run, the keys
+// are dropped (purged) and requests fail with ErrPurged until a run
+// succeeds again.
 package keysource
 
 import (
@@ -19,7 +23,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -59,7 +62,8 @@ type Config struct {
 	CommandTimeout time.Duration
 	// Mode is the codec new ciphertexts are made with.
 	Mode codec.Mode
-	Log  *slog.Logger
+	// Log is where the source reports; nil discards.
+	Log *slog.Logger
 	// Hooks, if set, hears of every run and every change of the keys
 	// (metrics, health). It is called from the refresh loop: it must not block.
 	Hooks Hooks
@@ -107,6 +111,10 @@ const (
 	OutcomeInvalidOutput Outcome = "invalid_output"
 )
 
+// A run cancelled because the source is closing (ErrCancelled) has no
+// Outcome: it is not reported to Hooks nor counted as a failure, since it
+// says nothing about the command.
+
 // Outcomes lists every Outcome, for metrics that export all of them.
 var Outcomes = []Outcome{OutcomeSuccess, OutcomeFailed, OutcomeTimeout, OutcomeInvalidOutput}
 
@@ -115,7 +123,8 @@ type noHooks struct{}
 func (noHooks) CommandRan(Outcome, time.Duration, time.Time) {}
 func (noHooks) KeysChanged([]KeyInfo)                        {}
 
-// Source holds the current keys. Its methods are safe for concurrent use.
+// Source holds the current keys. Its methods are safe for concurrent use;
+// Start and Close may be called in any order.
 type Source struct {
 	cfg  Config
 	argv []string
@@ -125,27 +134,62 @@ type Source struct {
 	// writing waits until no request uses keys that are about to be wiped.
 	users   sync.RWMutex
 	trigger chan struct{}
-	stop    context.CancelFunc
-	done    chan struct{}
-	closing sync.Once
+
+	// life orders Start and Close: whichever comes second sees what the
+	// first did.
+	life    sync.Mutex
+	closed  bool
+	stop    context.CancelFunc // set by Start: ends its run and the loop
+	closing chan struct{}      // closed when Close begins
+	done    chan struct{}      // closed when Start failed or the loop ended
+	closer  sync.Once
 }
 
+// ErrStopping is what a call gets that needs runs of the command while, or
+// after, the source is closed: the daemon is stopping.
+var ErrStopping = errors.New("the daemon is stopping")
+
 // runLog is what Status and RefreshAndWait know of the runs of the
-// command.
+// command. Runs are numbered from 1 in the order they start.
 type runLog struct {
-	mu             sync.Mutex
-	started, ended int64
-	// endedCh is closed, and replaced, when a run ends.
-	endedCh     chan struct{}
+	mu      sync.Mutex
+	started int64
+	// waiters wait for the run numbered by their key.
+	waiters     map[int64][]chan error
 	lastSuccess time.Time
 	failures    int   // consecutive failed runs
 	lastErr     error // of the last run, if it failed
 }
 
-func (l *runLog) start() {
+// start numbers a new run.
+func (l *runLog) start() int64 {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.started++
-	l.mu.Unlock()
+	return l.started
+}
+
+// await returns the number of the next run to start and a channel that
+// will get its result.
+func (l *runLog) await() (int64, chan error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	id, ch := l.started+1, make(chan error, 1)
+	if l.waiters == nil {
+		l.waiters = map[int64][]chan error{}
+	}
+	l.waiters[id] = append(l.waiters[id], ch)
+	return id, ch
+}
+
+// forget drops a waiter that stopped waiting.
+func (l *runLog) forget(id int64, ch chan error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.waiters[id] = slices.DeleteFunc(l.waiters[id], func(c chan error) bool { return c == ch })
+	if len(l.waiters[id]) == 0 {
+		delete(l.waiters, id)
+	}
 }
 
 // failed is the number of consecutive failed runs.
@@ -155,21 +199,21 @@ func (l *runLog) failed() int {
 	return l.failures
 }
 
-// end records a run's outcome and returns the consecutive failures.
-func (l *runLog) end(err error) int {
+// end records the outcome of run id, tells its waiters, and returns the
+// consecutive failures.
+func (l *runLog) end(id int64, err error) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.ended++
 	l.lastErr = err
 	if err == nil {
 		l.lastSuccess, l.failures = time.Now(), 0
 	} else {
 		l.failures++
 	}
-	if l.endedCh != nil {
-		close(l.endedCh)
+	for _, ch := range l.waiters[id] {
+		ch <- err
 	}
-	l.endedCh = make(chan struct{})
+	delete(l.waiters, id)
 	return l.failures
 }
 
@@ -198,23 +242,52 @@ func (r *keyring) info() []KeyInfo {
 	return infos
 }
 
-// New checks cfg and returns a Source that has no keys yet: Refresh may be
-// called at once (it is remembered), Start loads the keys.
+// Validate checks the times of a configuration, RefreshInterval's zero
+// standing for its default. It is the one check of them, made by New and
+// by the daemon's flags; its messages name the flags, which set these
+// fields one to one.
+func (c Config) Validate() error {
+	refresh := c.RefreshInterval
+	if refresh == 0 {
+		refresh = c.Timeout / RefreshDivisor
+	}
+	switch {
+	case c.Timeout <= 0:
+		return fmt.Errorf("--timeout %v must be positive", c.Timeout)
+	case c.Timeout > MaxTimeout:
+		return fmt.Errorf("--timeout %v is above the maximum of %v (a year; to never purge, use that)", c.Timeout, MaxTimeout)
+	case refresh <= 0 || refresh >= c.Timeout:
+		return fmt.Errorf("--refresh-interval %v must be positive and below --timeout %v", refresh, c.Timeout)
+	case c.CommandTimeout <= 0 || c.CommandTimeout >= c.Timeout:
+		return fmt.Errorf("--command-timeout %v must be positive and below --timeout %v", c.CommandTimeout, c.Timeout)
+	case refresh+c.CommandTimeout >= c.Timeout:
+		// A run starts a refresh interval after the last success, and the
+		// keys are purged a timeout after it: a run that takes its time
+		// must still end before that.
+		return fmt.Errorf("--refresh-interval %v plus --command-timeout %v reach --timeout %v: a slow run would end after the keys were purged",
+			refresh, c.CommandTimeout, c.Timeout)
+	}
+	return nil
+}
+
+// New checks cfg and returns a Source that has no keys yet; Start loads
+// them. Refresh may be called at once: a request made before Start is
+// answered by Start's run, one made during it causes one more run.
 func New(cfg Config) (*Source, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("keysource: %w", err)
+	}
 	if cfg.Shell == "" {
 		cfg.Shell = DefaultShell
 	}
 	if cfg.Hooks == nil {
 		cfg.Hooks = noHooks{}
 	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
 	if cfg.RefreshInterval == 0 {
 		cfg.RefreshInterval = cfg.Timeout / RefreshDivisor
-	}
-	switch {
-	case cfg.Timeout <= 0 || cfg.Timeout > MaxTimeout:
-		return nil, fmt.Errorf("keysource: Timeout %v is not in (0, %v]", cfg.Timeout, MaxTimeout)
-	case cfg.CommandTimeout <= 0 || cfg.RefreshInterval <= 0 || cfg.RefreshInterval >= cfg.Timeout:
-		return nil, errors.New("keysource: CommandTimeout and RefreshInterval must be positive, RefreshInterval below Timeout")
 	}
 	argv, err := Argv(cfg.Shell, cfg.Command)
 	if err != nil {
@@ -223,35 +296,52 @@ func New(cfg Config) (*Source, error) {
 	if argv[0] != cfg.Shell {
 		cfg.Log.Info("no shell; running the KEK command directly", "shell", cfg.Shell, "argv0", argv[0])
 	}
-	return &Source{cfg: cfg, argv: argv, trigger: make(chan struct{}, 1), done: make(chan struct{})}, nil
+	return &Source{cfg: cfg, argv: argv, trigger: make(chan struct{}, 1),
+		closing: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // Start runs the command once and returns an error if that fails, or if
-// ctx ends first (the command's process group is then killed). On success
-// it keeps the keys fresh in the background until Close.
+// ctx ends or Close is called first (the command's process group is then
+// killed). On success it keeps the keys fresh in the background until
+// Close. After Close it fails with ErrStopping.
 func (s *Source) Start(ctx context.Context) error {
+	s.life.Lock()
+	switch {
+	case s.closed:
+		s.life.Unlock()
+		return fmt.Errorf("keysource: Start after Close: %w", ErrStopping)
+	case s.stop != nil:
+		s.life.Unlock()
+		return errors.New("keysource: Start called twice")
+	}
 	loopCtx, stop := context.WithCancel(context.Background())
 	s.stop = stop
+	s.life.Unlock()
+
 	first, cancel := context.WithCancel(loopCtx)
 	defer cancel()
-	go func() {
-		select {
-		case <-ctx.Done():
-			cancel()
-		case <-first.Done():
-		}
-	}()
-	keys, err := s.fetch(first)
-	s.runs.end(err)
+	defer context.AfterFunc(ctx, cancel)()
+	id := s.begin()
+	keys, err := s.fetch(first, id)
+	if err == nil && loopCtx.Err() != nil {
+		// Close came as the run ended: its keys are not served.
+		wipe(keys)
+		err = ErrCancelled
+	}
 	if err != nil {
 		stop()
 		close(s.done)
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return fmt.Errorf("stopped while the KEK command ran for the first time: %w", ctx.Err())
+		case errors.Is(err, ErrCancelled):
+			return fmt.Errorf("keysource: closed while the KEK command ran for the first time: %w", ErrStopping)
 		}
+		s.runs.end(id, err)
 		return err
 	}
 	s.publish(&keyring{codec.NewSet(keys), len(keys)}, nil)
+	s.runs.end(id, nil) // after publishing, so that whoever waits for it sees its keys
 	s.cfg.Log.Info("KEK loaded", "primary_key_id", keys[0].KeyID, "keys", len(keys),
 		"valid_for", s.cfg.Timeout, "refresh_every", s.cfg.RefreshInterval)
 	go s.loop(loopCtx)
@@ -345,27 +435,20 @@ func (s *Source) Status() Status {
 	}
 }
 
-// RefreshAndWait asks for a run, as Refresh does, and waits until a run
-// that started after the request has ended; it returns that run's error.
+// RefreshAndWait asks for a run, as Refresh does, waits until the first
+// run that starts after the request has ended, and returns that run's
+// error. It returns ErrStopping once Close has begun.
 func (s *Source) RefreshAndWait(ctx context.Context) error {
-	s.runs.mu.Lock()
-	target := s.runs.started + 1
-	s.runs.mu.Unlock()
+	id, result := s.runs.await()
+	defer s.runs.forget(id, result)
 	s.Refresh()
-	for {
-		s.runs.mu.Lock()
-		ended, err, ch := s.runs.ended, s.runs.lastErr, s.runs.endedCh
-		s.runs.mu.Unlock()
-		if ended >= target {
-			return err
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-s.done:
-			return errors.New("the daemon is stopping")
-		}
+	select {
+	case err := <-result:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.closing:
+		return ErrStopping
 	}
 }
 
@@ -381,20 +464,27 @@ func (s *Source) Refresh() {
 }
 
 // Close stops refreshing, kills a running command, and drops and wipes
-// the keys. Calling it again does nothing.
+// the keys. It may come before, during or after Start; calling it again
+// does nothing.
 func (s *Source) Close() {
-	s.closing.Do(func() {
-		if s.stop != nil {
-			s.stop()
+	s.closer.Do(func() {
+		s.life.Lock()
+		s.closed = true
+		stop := s.stop
+		s.life.Unlock()
+		close(s.closing)
+		if stop != nil {
+			stop()
 			<-s.done
 		}
 		s.purge()
 	})
 }
 
-// publish makes r the keys requests get, then wipes drop (keys that r
-// no longer holds) once no request holds them, and returns the memory that
-// held them to the operating system.
+// publish makes r the keys requests get, then wipes drop (keys that r no
+// longer holds) once no request holds them. Wiping is what keeps dropped
+// keys from lingering in memory; the garbage collector frees that memory,
+// already zeroed, in its own time.
 func (s *Source) publish(r *keyring, drop []*codec.Key) {
 	s.keys.Store(r)
 	s.cfg.Hooks.KeysChanged(r.info())
@@ -404,10 +494,13 @@ func (s *Source) publish(r *keyring, drop []*codec.Key) {
 	// An empty critical section: waiting for the readers is the point.
 	s.users.Lock()
 	s.users.Unlock()
-	for _, k := range drop {
+	wipe(drop)
+}
+
+func wipe(keys []*codec.Key) {
+	for _, k := range keys {
 		k.Wipe()
 	}
-	debug.FreeOSMemory()
 }
 
 // purge drops and wipes every key.
@@ -468,14 +561,36 @@ func sameKeys(a, b *keyring) bool {
 	return slices.Equal(a.info(), b.info())
 }
 
-// fetch runs the command and sets up a cipher for each key it printed,
-// primary first, reporting the run to the hooks. Its caller records the
-// end of the run (runs.end) once the outcome is acted on.
-func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
-	s.runs.start()
+// begin numbers a new run. Every request for a run made until now is
+// answered by it, so a pending one is taken: it would otherwise cause one
+// more run after this one. It is taken before the run is numbered, so that
+// a RefreshAndWait whose request is taken waits for this run.
+func (s *Source) begin() int64 {
+	s.takeRequest()
+	return s.runs.start()
+}
+
+// takeRequest takes a pending request for a run, if there is one.
+func (s *Source) takeRequest() bool {
+	select {
+	case <-s.trigger:
+		return true
+	default:
+		return false
+	}
+}
+
+// fetch makes run id: it runs the command and sets up a cipher for each
+// key it printed, primary first, reporting the run to the hooks. Its caller
+// records the end of the run (runs.end) once the outcome is acted on,
+// unless it was cancelled.
+func (s *Source) fetch(ctx context.Context, id int64) ([]*codec.Key, error) {
 	start := time.Now()
 	f, err := Fetch(ctx, s.argv, s.cfg.CommandTimeout)
 	end := time.Now()
+	if errors.Is(err, ErrCancelled) {
+		return nil, err
+	}
 	s.cfg.Hooks.CommandRan(outcome(err), end.Sub(start), end)
 	if err != nil {
 		return nil, err
@@ -487,6 +602,7 @@ func (s *Source) fetch(ctx context.Context) ([]*codec.Key, error) {
 }
 
 type result struct {
+	id   int64
 	keys []*codec.Key
 	err  error
 }
@@ -505,9 +621,10 @@ func (s *Source) loop(ctx context.Context) {
 	var results chan result // non-nil while a run is in flight
 	run := func() {
 		results = make(chan result, 1)
+		id := s.begin()
 		go func() {
-			keys, err := s.fetch(ctx)
-			results <- result{keys, err}
+			keys, err := s.fetch(ctx, id)
+			results <- result{id, keys, err}
 		}()
 	}
 	purged := false
@@ -516,10 +633,7 @@ func (s *Source) loop(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			if results != nil {
-				r := <-results
-				for _, k := range r.keys {
-					k.Wipe()
-				}
+				wipe((<-results).keys)
 			}
 			return
 		case <-s.trigger:
@@ -541,6 +655,9 @@ func (s *Source) loop(ctx context.Context) {
 					"requests fail until it works again", "timeout", s.cfg.Timeout, "failed_runs", s.runs.failed())
 			}
 		case r := <-results:
+			if errors.Is(r.err, ErrCancelled) {
+				return // ctx ended with the run; not a failure of the command
+			}
 			results = nil
 			if r.err == nil {
 				// Installed before the run counts as ended, so that whoever
@@ -548,7 +665,7 @@ func (s *Source) loop(ctx context.Context) {
 				old := s.install(r.keys)
 				s.logChange(old, purged, s.runs.failed())
 			}
-			failures := s.runs.end(r.err)
+			failures := s.runs.end(r.id, r.err)
 			if r.err != nil {
 				delay := s.backoff(failures)
 				if failures == 1 && !purged {
@@ -562,7 +679,10 @@ func (s *Source) loop(ctx context.Context) {
 				expiry.Reset(s.cfg.Timeout)
 				next.Reset(s.refreshDelay())
 			}
-			if again {
+			// A request may have come with the result, unseen: it is
+			// answered by the run it causes now, like those seen during the
+			// run; left pending, it would cause another after that one.
+			if s.takeRequest() || again {
 				again = false
 				run()
 			}

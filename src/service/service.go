@@ -1,5 +1,6 @@
 // Package service implements KMS v1beta1 and v2 (the two APIs
-// kube-apiserver calls) over the keys of a keysource.Source.
+// kube-apiserver calls) over the keys of a key cache (Keys; the daemon's is
+// a keysource.Source).
 package service
 
 import (
@@ -17,9 +18,24 @@ import (
 	"github.com/cmdkms/kms/src/keysource"
 )
 
+// Keys is what the services need of the key cache. While no keys are
+// loaded every method fails with keysource.ErrPurged.
+type Keys interface {
+	// Encrypt seals plaintext with the primary key and names it.
+	Encrypt(plaintext []byte) (ciphertext []byte, keyID string, err error)
+	// Decrypt opens a ciphertext and names the key that opened it.
+	Decrypt(ciphertext []byte) (plaintext []byte, keyID string, err error)
+	// Primary names the key that encrypts.
+	Primary() (keyID string, err error)
+	// Holds says whether keyID names a key held.
+	Holds(keyID string) (bool, error)
+	// Mode is the codec Encrypt writes: KMS v2 refuses the 2018 one.
+	Mode() codec.Mode
+}
+
 // Register adds both KMS services to s, serving keys; version is reported
 // by v1beta1's Version.
-func Register(s *grpc.Server, keys *keysource.Source, version string) {
+func Register(s *grpc.Server, keys Keys, version string) {
 	v1beta1.RegisterKeyManagementServiceServer(s, &v1Service{keys: keys, version: version})
 	v2.RegisterKeyManagementServiceServer(s, &v2Service{keys: keys})
 }
@@ -44,13 +60,13 @@ var (
 	errLegacyV2 = status.Error(codes.FailedPrecondition, "kms runs with --mode legacy, which writes the 2018 format for KMS v1 only; a KMS v2 provider needs --mode aesgcm")
 )
 
-func encrypt(keys *keysource.Source, plaintext []byte) (ciphertext []byte, keyID string, err error) {
+func encrypt(keys Keys, plaintext []byte) (ciphertext []byte, keyID string, err error) {
 	if len(plaintext) == 0 {
 		return nil, "", errEmptyPlain
 	}
 	ciphertext, keyID, err = keys.Encrypt(plaintext)
 	switch {
-	case err == keysource.ErrPurged:
+	case errors.Is(err, keysource.ErrPurged):
 		return nil, "", errPurged
 	case errors.Is(err, codec.ErrTooLarge):
 		return nil, "", status.Error(codes.InvalidArgument, err.Error())
@@ -64,9 +80,9 @@ func encrypt(keys *keysource.Source, plaintext []byte) (ciphertext []byte, keyID
 // operator can fix (FailedPrecondition); anything else is bad input.
 func decryptError(err error) error {
 	switch {
-	case err == keysource.ErrPurged:
+	case errors.Is(err, keysource.ErrPurged):
 		return errPurged
-	case err == codec.ErrDecrypt:
+	case errors.Is(err, codec.ErrDecrypt):
 		return errDecrypt
 	case errors.Is(err, codec.ErrUnknownKey):
 		return status.Error(codes.FailedPrecondition, err.Error())
@@ -76,7 +92,7 @@ func decryptError(err error) error {
 
 type v1Service struct {
 	v1beta1.UnimplementedKeyManagementServiceServer
-	keys    *keysource.Source
+	keys    Keys
 	version string
 }
 
@@ -122,7 +138,7 @@ func (s *v1Service) Decrypt(_ context.Context, req *v1beta1.DecryptRequest) (*v1
 
 type v2Service struct {
 	v2.UnimplementedKeyManagementServiceServer
-	keys *keysource.Source
+	keys Keys
 }
 
 // Status fails while purged rather than answering healthz != "ok": with a

@@ -14,11 +14,15 @@ import (
 	"testing"
 )
 
-// The kms daemon's main package, and the environment variable in which
-// Bazel tests name its binary (see Binary).
+// The kms daemon's main package, the environment variable in which Bazel
+// tests name its binary (see Binary), and the build tag of the daemon's
+// test build, which has the hidden flags tests need (--min-timeout,
+// --idle-timeout) and a release build lacks. Bazel's is
+// //src/cmd/kms:kms_testing.
 const (
 	KMSPackage = "github.com/cmdkms/kms/src/cmd/kms"
 	KMSEnv     = "KMS_BINARY"
+	KMSTestTag = "kmstest"
 )
 
 var (
@@ -47,6 +51,13 @@ func Main(m *testing.M) int {
 // race-checked too; that needs TestMain to call Main.
 func Binary(t testing.TB, env, pkg string) string {
 	t.Helper()
+	return build(t, env, pkg, "")
+}
+
+// build is Binary, built with the build tags tags (comma-separated) when
+// it is built.
+func build(t testing.TB, env, pkg, tags string) string {
+	t.Helper()
 	if p := os.Getenv(env); p != "" {
 		abs, err := resolve(p)
 		if err != nil {
@@ -64,6 +75,9 @@ func Binary(t testing.TB, env, pkg string) string {
 	}
 	out := filepath.Join(binDir, filepath.Base(pkg))
 	args := []string{"build", "-o", out}
+	if tags != "" {
+		args = append(args, "-tags", tags)
+	}
 	if RaceEnabled {
 		args = append(args, "-race")
 	}
@@ -74,10 +88,10 @@ func Binary(t testing.TB, env, pkg string) string {
 	return out
 }
 
-// KMS returns the kms daemon's binary ($KMS_BINARY under Bazel).
+// KMS returns the kms daemon's test build ($KMS_BINARY under Bazel).
 func KMS(t testing.TB) string {
 	t.Helper()
-	return Binary(t, KMSEnv, KMSPackage)
+	return build(t, KMSEnv, KMSPackage, KMSTestTag)
 }
 
 func resolve(p string) (string, error) {

@@ -42,7 +42,7 @@ func TestTimeoutLimits(t *testing.T) {
 		t.Fatalf("--timeout 876000h: exit %d, %q; want 2 naming the maximum", code, out)
 	}
 	for _, tc := range []struct{ args, want string }{
-		{"--refresh-interval 1h", "--refresh-interval 1h0m0s must be at least 1s and below --timeout 1h0m0s"},
+		{"--refresh-interval 1h", "--refresh-interval 1h0m0s must be positive and below --timeout 1h0m0s"},
 		{"--refresh-interval 500ms", "must be at least 1s"},
 		{"--refresh-interval -1s", "must be at least 1s"},
 		{"--refresh-interval 50m --command-timeout 10m", "plus --command-timeout 10m0s reach --timeout 1h0m0s"},
