@@ -3,7 +3,10 @@
 //
 //	packager --arch amd64 --file /usr/bin/kms=FILE:0755 --file /usr/share/doc/kms/README.md=FILE \
 //	    [--version V --source-date-epoch N | --stamp-status-file stable-status.txt] \
-//	    --deb kms.deb --rpm kms.rpm
+//	    --out-dir DIR
+//
+// It writes DIR/kms_VERSION_ARCH.deb and DIR/kms-VERSION-1.ARCH.rpm (names in
+// each format's convention, VERSION as packages.PackageVersion makes it).
 //
 // Every input is a file or a flag, so equal inputs give equal packages.
 package main
@@ -13,6 +16,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -27,7 +31,7 @@ import (
 const usageHead = `packager: write kms's .deb and .rpm for one architecture.
 
 Usage:
-  packager --arch ARCH --file PATH=FILE[:MODE]... --deb OUT.deb --rpm OUT.rpm
+  packager --arch ARCH --file PATH=FILE[:MODE]... --out-dir DIR
 
 Flags:
 `
@@ -43,14 +47,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		version := fs.String("version", "devel", "release version (git describe)")
 		epoch := fs.Int64("source-date-epoch", 0, "every file's mtime and the build time, seconds since 1970")
 		statusFile := fs.String("stamp-status-file", "", "Bazel stable-status.txt of a --stamp build; overrides --version and --source-date-epoch")
-		debOut := fs.String("deb", "", "where to write the .deb")
-		rpmOut := fs.String("rpm", "", "where to write the .rpm")
+		outDir := fs.String("out-dir", "", "directory to write the .deb and the .rpm into")
 		return func(rest []string) error {
 			if err := cli.NoArgs(rest); err != nil {
 				return err
 			}
-			if *arch == "" || *debOut == "" || *rpmOut == "" {
-				return cli.Usagef("--arch, --deb and --rpm are required")
+			if *arch == "" || *outDir == "" {
+				return cli.Usagef("--arch and --out-dir are required")
 			}
 			p := packages.Package{Version: *version, Arch: *arch, Time: time.Unix(*epoch, 0).UTC()}
 			if *statusFile != "" {
@@ -67,16 +70,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 				}
 				p.Files = append(p.Files, f)
 			}
-			for out, write := range map[string]func() ([]byte, error){*debOut: p.Deb, *rpmOut: p.RPM} {
+			if err := os.MkdirAll(*outDir, 0o755); err != nil {
+				return err
+			}
+			for name, write := range map[string]func() ([]byte, error){p.DebName(): p.Deb, p.RPMName(): p.RPM} {
 				b, err := write()
 				if err != nil {
 					return err
 				}
-				if err := os.WriteFile(out, b, 0o644); err != nil {
+				if err := os.WriteFile(filepath.Join(*outDir, name), b, 0o644); err != nil {
 					return err
 				}
+				fmt.Fprintln(stdout, name)
 			}
-			fmt.Fprintf(stdout, "%s %s\n", p.DebName(), p.RPMName())
 			return nil
 		}
 	}}.Run(args, stdout, stderr)
