@@ -21,7 +21,7 @@ import (
 //
 // The new version is the release's packages when $KMS_PACKAGE_DIR names their
 // directory (release/ci.sh: bazel-bin/release/packages_amd64), else one built
-// here; the previous one is always built here, as version 0~0, which sorts
+// here; the previous one is always built here, as version 0~~, which sorts
 // before every other. Needs root (chroot), dpkg, rpm, systemd-analyze and
 // debootstrap, or the root it made before (cached under ~/.cache/kms-pkgtest).
 func TestInstall(t *testing.T) {
@@ -35,8 +35,10 @@ func TestInstall(t *testing.T) {
 	}
 	root := debianRoot(t)
 	bins := buildBinaries(t)
-	// "0" is no release (no dot): PackageVersion makes it 0~0.
-	oldDeb, oldRPM := writePackages(t, unitPackage(t, "0", bins))
+	// PackageVersion makes "~" 0~~, before every version it makes in dpkg's and rpm's
+	// order alike (a tilde sorts before anything, even the end of the version). 0~0
+	// would not do: rpm puts a number after letters, so 0~0 > 0~devel there.
+	oldDeb, oldRPM := writePackages(t, unitPackage(t, "~", bins))
 	newDeb, newRPM := releasePackages(t)
 	if newDeb == "" {
 		newDeb, newRPM = writePackages(t, unitPackage(t, "1.0.0", bins))
@@ -97,12 +99,12 @@ func TestInstall(t *testing.T) {
 		installed bool
 		query     string // what dpkg-query or rpm -q says after the step
 	}{
-		{"dpkg -i (install)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, oldDeb)}, true, "install ok installed 0~0"},
+		{"dpkg -i (install)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, oldDeb)}, true, "install ok installed 0~~"},
 		{"dpkg -i (upgrade)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, newDeb)}, true, "install ok installed " + debVersion(t, newDeb)},
 		{"dpkg -r (remove)", []string{"chroot", root, "dpkg", "-r", "kms"}, false, "deinstall ok config-files " + debVersion(t, newDeb)},
 		{"dpkg -P (purge)", []string{"chroot", root, "dpkg", "-P", "kms"}, false, ""},
 		{"rpm --initdb", []string{"rpm", "--root", root, "--initdb"}, false, ""},
-		{"rpm -i", []string{"rpm", "--root", root, "-i", oldRPM}, true, "0~0"},
+		{"rpm -i", []string{"rpm", "--root", root, "-i", oldRPM}, true, "0~~"},
 		{"rpm -U (upgrade)", []string{"rpm", "--root", root, "-U", newRPM}, true, rpmVersion(t, newRPM)},
 		{"rpm -e (erase)", []string{"rpm", "--root", root, "-e", "kms"}, false, ""},
 	} {
