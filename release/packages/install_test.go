@@ -93,20 +93,55 @@ func TestInstall(t *testing.T) {
 	}
 	intact("the operator's setup")
 
+	// No systemd runs here, so the package scripts' calls to it are recorded instead:
+	// the root claims a running systemd (/run/systemd/system) and its systemctl, which
+	// dpkg's and rpm's scripts (and deb-systemd-invoke) run, logs its arguments.
+	mkdir(t, filepath.Join(root, "run/systemd/system"), 0o755)
+	calls := filepath.Join(root, "systemctl.log")
+	write(t, filepath.Join(root, "usr/bin/systemctl"), []byte("#!/bin/sh\necho \"$*\" >>/systemctl.log\n"), 0o755)
+	systemctl := func(step string, want, never []string) {
+		t.Helper()
+		b, _ := os.ReadFile(calls)
+		os.Remove(calls)
+		log := string(b)
+		t.Logf("%s: systemctl calls:\n%s", step, log)
+		for _, w := range want {
+			if !strings.Contains(log, w) {
+				t.Errorf("after %s: no systemctl %q", step, w)
+			}
+		}
+		for _, n := range never {
+			if strings.Contains(log, n) {
+				t.Errorf("after %s: systemctl %q", step, n)
+			}
+		}
+	}
+
 	for _, s := range []struct {
 		step      string
 		cmd       []string
 		installed bool
 		query     string // what dpkg-query or rpm -q says after the step
+		// systemctl calls the scripts must and must never make
+		calls, never []string
 	}{
-		{"dpkg -i (install)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, oldDeb)}, true, "install ok installed 0~~"},
-		{"dpkg -i (upgrade)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, newDeb)}, true, "install ok installed " + debVersion(t, newDeb)},
-		{"dpkg -r (remove)", []string{"chroot", root, "dpkg", "-r", "kms"}, false, "deinstall ok config-files " + debVersion(t, newDeb)},
-		{"dpkg -P (purge)", []string{"chroot", root, "dpkg", "-P", "kms"}, false, ""},
-		{"rpm --initdb", []string{"rpm", "--root", root, "--initdb"}, false, ""},
-		{"rpm -i", []string{"rpm", "--root", root, "-i", oldRPM}, true, "0~~"},
-		{"rpm -U (upgrade)", []string{"rpm", "--root", root, "-U", newRPM}, true, rpmVersion(t, newRPM)},
-		{"rpm -e (erase)", []string{"rpm", "--root", root, "-e", "kms"}, false, ""},
+		// Installed, nothing is enabled or started: there is no keyring yet.
+		{"dpkg -i (install)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, oldDeb)}, true, "install ok installed 0~~",
+			[]string{"daemon-reload"}, []string{"start", "enable", "restart"}},
+		// Upgraded, a running daemon restarts with the new binary; its socket stays.
+		{"dpkg -i (upgrade)", []string{"chroot", root, "dpkg", "-i", inRoot(t, root, newDeb)}, true, "install ok installed " + debVersion(t, newDeb),
+			[]string{"daemon-reload", "try-restart kms.service"}, []string{"kms.socket", "stop"}},
+		{"dpkg -r (remove)", []string{"chroot", root, "dpkg", "-r", "kms"}, false, "deinstall ok config-files " + debVersion(t, newDeb),
+			[]string{"stop kms.socket kms.service"}, []string{"start"}},
+		{"dpkg -P (purge)", []string{"chroot", root, "dpkg", "-P", "kms"}, false, "", nil, []string{"start"}},
+		{"rpm --initdb", []string{"rpm", "--root", root, "--initdb"}, false, "", nil, nil},
+		// %systemd_post: the presets decide (systemctl preset), nothing starts.
+		{"rpm -i", []string{"rpm", "--root", root, "-i", oldRPM}, true, "0~~",
+			[]string{"preset kms.socket kms.service"}, []string{"start", "restart"}},
+		{"rpm -U (upgrade)", []string{"rpm", "--root", root, "-U", newRPM}, true, rpmVersion(t, newRPM),
+			[]string{"daemon-reload", "try-restart kms.service"}, []string{"kms.socket kms.service", "stop", "disable"}},
+		{"rpm -e (erase)", []string{"rpm", "--root", root, "-e", "kms"}, false, "",
+			[]string{"disable --now kms.socket kms.service"}, []string{"start"}},
 	} {
 		out, err := exec.Command(s.cmd[0], s.cmd[1:]...).CombinedOutput()
 		t.Logf("%s:\n%s", strings.Join(s.cmd, " "), out)
@@ -115,6 +150,7 @@ func TestInstall(t *testing.T) {
 		}
 		intact(s.step)
 		installed(s.step, s.installed)
+		systemctl(s.step, s.calls, s.never)
 		// The package manager's state: empty once the package is gone.
 		var state []byte
 		var qerr error
