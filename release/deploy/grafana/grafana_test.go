@@ -88,8 +88,8 @@ func queries(t *testing.T, d dashboard) map[string]string {
 }
 
 // Grafana's model: what an import needs and what keeps the layout sane.
-// (No Grafana can be installed here: Debian does not package it and the
-// npm registry has only its libraries; see docs/operating.md.)
+// (No Grafana can be installed here: Debian does not package it, and npm's
+// @grafana/schema has TypeScript types, no JSON schema; see docs/operating.md.)
 func TestDashboardModel(t *testing.T) {
 	d := load(t)
 	if d.Title == "" || d.UID == "" || d.SchemaVersion < 36 {
