@@ -18,7 +18,11 @@
 #      provenance names HEAD, the build command and the pushed digest;
 #   7. the air-gap sequence of docs/airgap.md, taken from the bundle's own copy, verifies
 #      and loads the bundle into a TLS registry on loopback, then verifies there; it fails on
-#      a changed binary, a re-summed bundle and an extra file.
+#      a changed binary, a re-summed bundle and an extra file;
+#   8. the .deb and .rpm of both architectures (step 1 builds them twice too: byte-equal):
+#      lintian and rpmlint with no errors, rpm -K, file lists and sizes, and the amd64 ones
+#      installed, upgraded, removed and purged in a Debian root with the keyring left
+#      intact (release/packages TestInstall).
 # Needs root (tools/bazel's chroot, the image tests) and the network to the Go module proxy
 # and apt mirror. Downloads are shared by every output base (the Go module cache and
 # Bazel's repository cache), nothing else. Exits non-zero if any check fails. On any exit
@@ -70,7 +74,7 @@ check() { # NAME COMMAND...: runs a check, counts it, never stops the run
 quiet() { "$@" >/dev/null; }
 
 cd "$repo_root"
-for tool in jq podman openssl; do
+for tool in jq podman openssl lintian rpm rpmlint; do
 	command -v "$tool" >/dev/null || die "release/ci.sh needs $tool: apt-get install $tool"
 done
 ensure_cosign
@@ -91,39 +95,48 @@ annotation() { jq -r --arg k "$2" '.annotations[$k]' "$(blob "$1" "$(index_diges
 # below reuse. Both are of the commit that was HEAD when this started, whatever is
 # committed meanwhile; a work tree that differs from it gets a second clean clone instead.
 head=$(git rev-parse HEAD)
-index_build() { # DIR [STARTUP OPTION]: prints the index digest, and each platform's on stderr
-	local dir=$1 out
-	shift
-	(cd "$dir" && nice -n 10 tools/bazel "$@" build "${flags[@]}" //release:image >&2 &&
+packages=(//release:packages_amd64 //release:packages_arm64)
+index_build() { # DIR SUMS [STARTUP OPTION]: prints the index digest, and each platform's on
+	# stderr; writes the packages' sha256sum lines to SUMS
+	local dir=$1 sums=$2 out
+	shift 2
+	(cd "$dir" && nice -n 10 tools/bazel "$@" build "${flags[@]}" //release:image "${packages[@]}" >&2 &&
 		out=$(tools/bazel "$@" info "${flags[@]}" bazel-bin 2>/dev/null)/release &&
 		platforms "$out/image" | sed 's/^/release\/ci:   /' >&2 &&
+		(cd "$out" && sha256sum packages_*/*) >"$sums" &&
 		cat "$out/image.digest")
 }
-clean_build() { # DIR OUTPUT_BASE: index_build in a fresh clone of HEAD
-	local dir=$1 ob=$2
+clean_build() { # DIR OUTPUT_BASE SUMS: index_build in a fresh clone of HEAD
+	local dir=$1 ob=$2 sums=$3
 	mkdir -p "$(dirname "$dir")"
 	git clone -q --no-hardlinks "$repo_root" "$dir" && git -C "$dir" checkout -q "$head" &&
-		index_build "$dir" --output_base="$ob" &&
+		index_build "$dir" "$sums" --output_base="$ob" &&
 		(cd "$dir" && tools/bazel --output_base="$ob" shutdown >/dev/null 2>&1)
 }
 # (Registered here, not in clean_build: that runs in a subshell.)
 output_bases+=("$work/ob-a" "$work/ob-b")
 phase "reproducibility: a clean build of ${head:0:7}"
 where_a=$work/a/kms
-digest_a=$(clean_build "$where_a" "$work/ob-a") || digest_a=
+digest_a=$(clean_build "$where_a" "$work/ob-a" "$work/packages-a.sums") || digest_a=
 if [[ -z $(git status --porcelain) && $(git rev-parse HEAD) == "$head" ]]; then
 	where_b=$repo_root
 	phase "reproducibility: the work tree's build"
-	digest_b=$(index_build "$where_b") || digest_b=
+	digest_b=$(index_build "$where_b" "$work/packages-b.sums") || digest_b=
 else
 	where_b=$work/bb/cc/kms-copy
 	phase "reproducibility: the work tree is not ${head:0:7}: a second clean build"
-	digest_b=$(clean_build "$where_b" "$work/ob-b") || digest_b=
+	digest_b=$(clean_build "$where_b" "$work/ob-b" "$work/packages-b.sums") || digest_b=
 fi
 phase "reproducibility: both built"
 echo "release/ci: reproducibility: build 1 ($where_a): index $digest_a"
 echo "release/ci: reproducibility: build 2 ($where_b): index $digest_b"
 check "reproducible image index digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"
+for f in packages-a packages-b; do
+	sed "s/^/release\/ci: $f: /" "$work/$f.sums" 2>/dev/null || true
+done
+check "reproducible packages (4 files, byte-equal)" \
+	test "$(wc -l <"$work/packages-a.sums" 2>/dev/null)" = 4 -a -n "$(cat "$work/packages-a.sums" 2>/dev/null)" \
+	-a "$(cat "$work/packages-a.sums" 2>/dev/null)" = "$(cat "$work/packages-b.sums" 2>/dev/null)"
 
 bin=$(tools/bazel info "${flags[@]}" bazel-bin 2>/dev/null)
 # podman_name ARCHIVE: the names `podman load` gives the archive, in a private store.
@@ -240,6 +253,8 @@ check "provenance: inputs are the commit, go.sum's modules and the Debian lock" 
 check "provenance: byproducts are both images and the bundle's binaries" provenance_says \
 	"[.predicate.runDetails.byproducts[].name] | (index(\"image linux/amd64\") != null and index(\"image linux/arm64\") != null and index(\"bin/linux-arm64/kms\") != null
 	 and index(\"bin/linux-amd64/kek-census\") != null and index(\"bin/linux-arm64/kek-census\") != null)"
+check "provenance: byproducts include the four packages" provenance_says \
+	"[.predicate.runDetails.byproducts[].name | select(test(\"^packages/kms[-_].*[.](deb|rpm)$\"))] | length == 4"
 
 # 7. The air-gap sequence, as docs/airgap.md gives it, from the bundle's own copy.
 phase "air-gap: the documented sequence against a TLS registry"
@@ -249,10 +264,11 @@ tar -C "$work/airgap" -xf "$bundle" --wildcards '*/AIRGAP.md'
 sequence=$(awk '/^<!-- release\/ci.sh runs the next block verbatim -->$/ { on = 1; next }
 	on && /^```sh$/ { body = 1; next } body && /^```$/ { exit } body { print }' "$work"/airgap/kms-*/AIRGAP.md)
 site=$(start_registry "$work/registry-site" tls)
-airgap() { # NAME BUNDLE: runs the sequence in a fresh directory; its output in $work/NAME.log
+airgap() { # NAME BUNDLE [KEY]: runs the sequence in a fresh directory; its output in $work/NAME.log
 	local d=$work/$1
 	mkdir -p "$d"
-	(cd "$d" && env BUNDLE="$2" KEY="$pub" REGISTRY="$site" SSL_CERT_FILE="$work/registry-site/ca.crt" \
+	(cd "$d" && env BUNDLE="$2" KEY="${3:-$pub}" KEY_SHA256="$(cat "$work/dist/cosign.pub.sha256")" \
+		REGISTRY="$site" SSL_CERT_FILE="$work/registry-site/ca.crt" \
 		PATH="$(dirname "$COSIGN"):$PATH" bash -c "$sequence") >"$work/$1.log" 2>&1
 }
 echo "release/ci: the sequence:"
@@ -268,8 +284,8 @@ tampered() { # NAME EDIT...: a copy of the bundle changed by EDIT (run in its di
 	tar -C "$d/in" -cf "$d/$(basename "$bundle")" "$(basename "$bundle" .tar)"
 	echo "$d/$(basename "$bundle")"
 }
-must_fail() { # NAME BUNDLE MESSAGE: the sequence fails, saying MESSAGE
-	if airgap "$1.run" "$2"; then
+must_fail() { # NAME BUNDLE MESSAGE [KEY]: the sequence fails, saying MESSAGE
+	if airgap "$1.run" "$2" "${4:-}"; then
 		echo "release/ci: the sequence passed a bundle it must refuse ($1)"
 		return 1
 	fi
@@ -281,6 +297,29 @@ resum() { flip bin/linux-arm64/kms && find . -type f ! -name 'SHA256SUMS*' -prin
 check "air-gap sequence refuses a changed binary" must_fail changed "$(tampered changed flip bin/linux-arm64/kms)" 'FAILED'
 check "air-gap sequence refuses a re-summed bundle (signature)" must_fail resummed "$(tampered resummed resum)" 'signature'
 check "air-gap sequence refuses an extra file" must_fail extra "$(tampered extra touch deploy/extra.yaml)" 'extra.yaml'
+check "air-gap sequence refuses a key that is not the published one" must_fail otherkey "$bundle" 'not the release key' "$work/wrong/cosign.pub"
+
+# 8. The packages, as the bundle has them (release.sh copied the stamped build's).
+phase "packages: lintian, rpmlint, rpm -K, install/upgrade/remove/purge"
+pkgs=$(echo "$work"/dist/kms-*/packages)
+for f in "$pkgs"/*; do
+	echo "release/ci: $(basename "$f"): $(stat -c %s "$f") bytes, sha256 $(sha256sum "$f" | cut -c1-64)"
+	case $f in
+	*.deb) dpkg-deb -c "$f" | awk '{ print "    " $1, $2, $3, $6 }' ;;
+	*.rpm) rpm -qlvp "$f" 2>/dev/null | awk '{ print "    " $1, $3, $4, $5, $9 }' ;;
+	esac
+done
+for f in "$pkgs"/*.deb; do
+	# lintian exits non-zero on errors; its warnings (no manual pages) are printed.
+	check "lintian $(basename "$f"): no errors" lintian --fail-on error "$f"
+done
+for f in "$pkgs"/*.rpm; do
+	check "rpm -K $(basename "$f")" rpm -K "$f"
+	# release/packages/rpmlint.toml says which errors are filtered, and why.
+	check "rpmlint $(basename "$f"): no errors" rpmlint -c release/packages/rpmlint.toml "$f"
+done
+check "packages: install, upgrade, remove, purge in a Debian root; keyring intact; units verify" \
+	env KMS_PACKAGE_DIR="$bin/release/packages_amd64" go test -count=1 -run '^TestInstall$' -v ./release/packages
 
 phase "done"
 echo "release/ci: $passed passed, $failed failed"

@@ -15,6 +15,8 @@ public registries), so the steps are Go code (//release/cmd/imagebuilder, built 
                                               root filesystem (needs root: chroot), under a
                                               qemu-user emulator for a foreign architecture
     deb_file          a Debian package     -> one file of it (the emulator)
+    linux_packages    binary_layer + files -> kms_VERSION_ARCH.deb and kms-VERSION-1.ARCH.rpm
+                                              (//release/cmd/packager)
 
 Every output is reproducible. Plain builds use version "devel" (what `kms --version` says
 then) and time 0; --stamp builds take the version, commit and SOURCE_DATE_EPOCH (or last
@@ -493,3 +495,59 @@ deb_file = rule(
         "_builder": _BUILDER,
     },
 )
+
+def _linux_packages_impl(ctx):
+    out = ctx.actions.declare_directory(ctx.label.name)
+    args = ctx.actions.args()
+    args.add("--arch", ctx.attr.arch)
+    inputs = []
+    for b in ctx.attr.binaries[OciLayerInfo].binaries:
+        if b.arch != ctx.attr.arch:
+            fail("%s holds %s binaries, not %s" % (ctx.attr.binaries.label, b.arch, ctx.attr.arch))
+        args.add("--file", "%s=%s:0755" % (b.path, b.file.path))
+        inputs.append(b.file)
+    for target, path in ctx.attr.files.items():
+        files = target.files.to_list()
+        if len(files) != 1:
+            fail("%s is not one file" % target.label)
+        args.add("--file", "%s=%s" % (path, files[0].path))
+        inputs += files
+    args.add("--out-dir", out.path)
+    inputs += _stamp_args(ctx, args)
+    ctx.actions.run(
+        executable = ctx.executable._packager,
+        arguments = [args],
+        inputs = inputs,
+        outputs = [out],
+        mnemonic = "LinuxPackages",
+        progress_message = "Writing .deb and .rpm %{label}",
+    )
+    return [DefaultInfo(files = depset([out]))]
+
+_linux_packages = rule(
+    implementation = _linux_packages_impl,
+    attrs = {
+        "arch": attr.string(mandatory = True, values = ["amd64", "arm64"]),
+        "binaries": attr.label(mandatory = True, providers = [OciLayerInfo]),
+        "files": attr.label_keyed_string_dict(allow_files = True),
+        "stamp": _STAMP,
+        "_packager": attr.label(
+            default = Label("//release/cmd/packager"),
+            executable = True,
+            cfg = "exec",
+        ),
+    },
+)
+
+def linux_packages(name, arch, binaries, files, **kwargs):
+    """kms_VERSION_ARCH.deb and kms-VERSION-1.ARCH.rpm in the directory NAME.
+
+    Args:
+      name: target name: the output directory.
+      arch: GOARCH: amd64 or arm64 (x86_64 or aarch64 in the .rpm).
+      binaries: a binary_layer of that architecture: the image's binaries, 0755 at
+        the same paths.
+      files: dict of file label -> absolute path in the package, 0644.
+      **kwargs: common attributes.
+    """
+    _linux_packages(name = name, arch = arch, binaries = binaries, files = files, stamp = _stamped(), **kwargs)

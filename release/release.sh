@@ -3,8 +3,8 @@
 # Bazel, pushes it, signs its digest with cosign, attaches the SPDX SBOM and an SLSA v1
 # provenance as signed attestations, verifies them, and writes the air-gap bundle
 # (docs/airgap.md): image with signature and attestations, static binaries for each
-# architecture, systemd units, deploy manifests, SBOM, provenance, public key, and a
-# SHA256SUMS of all of it, signed (SHA256SUMS.sigstore.json).
+# architecture, .deb and .rpm packages of them, systemd units, deploy manifests, SBOM,
+# provenance, public key, and a SHA256SUMS of all of it, signed (SHA256SUMS.sigstore.json).
 #
 #   COSIGN_PASSWORD=... release/release.sh --repository HOST/NAME[:TAG] --key cosign.key [--out DIR]
 #
@@ -39,7 +39,8 @@ cd "$repo_root"
 # The same flags for build and run, so `run` pushes exactly the image that was built.
 bazel_flags=(--stamp)
 build=(tools/bazel build "${bazel_flags[@]}" //release:image //release:sbom
-	//release:binaries_amd64 //release:binaries_arm64 //release/cmd/provenance)
+	//release:binaries_amd64 //release:binaries_arm64 //release:packages_amd64 //release:packages_arm64
+	//release/cmd/provenance)
 say "building the image: ${build[*]}"
 started=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 "${build[@]}"
@@ -60,6 +61,9 @@ say "signing $ref"
 say "attaching the SBOM as a signed SPDX attestation"
 "$COSIGN" attest --key "$key" --type spdxjson --predicate "$bin/release/sbom.spdx.json" "${offline[@]}" "${flags[@]}" "$ref"
 "$COSIGN" public-key --key "$key" >"$out/cosign.pub"
+# The fingerprint sites check the key against (docs/airgap.md): publish it with the release.
+fingerprint=$(openssl pkey -pubin -in "$out/cosign.pub" -outform DER | sha256sum | cut -d' ' -f1)
+echo "$fingerprint" >"$out/cosign.pub.sha256"
 
 # The bundle's files, then the provenance that names them.
 bundle=kms-$version
@@ -69,9 +73,15 @@ rm -rf "${dir:?}" "$dir.tar"
 mkdir -p "$dir"
 for arch in amd64 arm64; do
 	install -D -m 0755 -t "$dir/bin/linux-$arch" "$bin/release/binaries_$arch"/{kms,kek-census,kek-file,kek-gen}
+	install -D -m 0644 -t "$dir/packages" "$bin/release/packages_$arch"/*
 done
 install -D -m 0644 -t "$dir/deploy" release/deploy/{kms-static-pod.yaml,encryption-config-v1.yaml,encryption-config-v2.yaml,kms-tmpfiles.conf}
+install -D -m 0644 -t "$dir/deploy/prometheus" release/deploy/prometheus/kms-alerts.yaml
+install -D -m 0644 -t "$dir/deploy/grafana" release/deploy/grafana/kms.json
 install -D -m 0644 -t "$dir/systemd" release/deploy/systemd/{kms.service,kms.socket}
+install -D -m 0644 -t "$dir/systemd/backends" release/deploy/systemd/backends/*.conf
+# The docs AIRGAP.md links to, where its links expect them.
+(cd docs && find . -name '*.md' -exec install -D -m 0644 {} "$dir/docs/{}" \;)
 install -m 0644 docs/airgap.md "$dir/AIRGAP.md"
 install -m 0644 "$out/cosign.pub" "$bin/release/sbom.spdx.json" "$dir/"
 echo "${ref#*@}" >"$dir/DIGEST"
@@ -80,7 +90,7 @@ say "attaching the SLSA provenance as a signed attestation"
 files=()
 while IFS= read -r f; do
 	files+=(--file "$f=$dir/$f")
-done < <(cd "$dir" && find bin deploy systemd sbom.spdx.json -type f | LC_ALL=C sort)
+done < <(cd "$dir" && find bin deploy packages systemd sbom.spdx.json -type f | LC_ALL=C sort)
 "$bin/release/cmd/provenance/provenance_/provenance" \
 	--stamp-status-file "$status" --go-mod go.mod --go-sum go.sum --debian-lock release/debian.lock.json \
 	--index-layout "$bin/release/image" "${files[@]}" \
@@ -114,4 +124,4 @@ mv "$out/SHA256SUMS" "$dir/SHA256SUMS"
 tar -C "$out" --sort=name --owner=0 --group=0 --numeric-owner -cf "$dir.tar" "$bundle"
 
 echo "$ref"
-say "released $ref; air-gap bundle $dir.tar"
+say "released $ref; air-gap bundle $dir.tar; release key fingerprint (publish it) $fingerprint"

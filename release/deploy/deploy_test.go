@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -340,4 +341,72 @@ func runAsPod(t *testing.T, kms, kek, sock string, args []string) (string, int) 
 		t.Fatal(err)
 	}
 	return string(out), 0
+}
+
+// The snippet's variant for a kube-apiserver that does not run as root: with
+// it, the daemon's socket mode 0660 and the API server in the pod's group, a
+// client running as another user reaches the daemon; with the default line it
+// cannot, whatever the socket's mode.
+func TestNonRootAPIServer(t *testing.T) {
+	tmpfiles, err := exec.LookPath("systemd-tmpfiles")
+	if err != nil {
+		t.Skip("systemd-tmpfiles is not installed (Debian package systemd)")
+	}
+	if os.Geteuid() != 0 {
+		t.Fatal("the daemon runs as 65532 and the client as 1000 here: run as root")
+	}
+	conf, err := os.ReadFile("kms-tmpfiles.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^#\s+(d /run/kms 0750 .*)$`).FindSubmatch(conf)
+	if m == nil {
+		t.Fatal("kms-tmpfiles.conf has no commented 0750 variant for a non-root API server")
+	}
+	const apiserver = 1000
+	for _, c := range []struct {
+		line    string
+		reaches bool
+	}{
+		{string(m[1]), true},
+		{strings.Join(tmpfilesLine(t), " "), false},
+	} {
+		root, err := os.MkdirTemp("/tmp", "kms-nonroot")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(root) })
+		os.Chmod(root, 0o755)
+		kms := filepath.Join(root, "kms")
+		b, err := os.ReadFile(testbin.KMS(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(kms, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		kek := filepath.Join(root, "kek")
+		testbin.WriteKeyring(t, kek, testbin.NewKey())
+		if err := os.Chown(kek, nonroot, nonroot); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(root, "etc/tmpfiles.d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, "etc/tmpfiles.d/kms.conf"), []byte(c.line+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(tmpfiles, "--create", "--boot", "--root="+root).CombinedOutput(); err != nil {
+			t.Fatalf("systemd-tmpfiles: %v\n%s", err, out)
+		}
+		sock := filepath.Join(root, socket)
+		d := testbin.Start(t, podCommand(kms, kek, sock, append(podArgs(t), "--socket-mode=0660")), "serving KMS")
+		status := exec.Command(kms, "status", "--endpoint", "unix://"+sock)
+		status.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: apiserver, Gid: apiserver, Groups: []uint32{nonroot}}}
+		out, err := status.CombinedOutput()
+		if reached := err == nil; reached != c.reaches {
+			t.Errorf("%q: kms status as uid %d in group %d: %v, want reached %v\n%s\ndaemon:\n%s", c.line, apiserver, nonroot, err, c.reaches, out, d.Stderr())
+		}
+		d.Stop(t, syscall.SIGTERM)
+	}
 }
