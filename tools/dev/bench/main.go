@@ -60,6 +60,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&cfg.StormRequests, "storm", 10000, "v1 decrypts in the start-up storm (0 skips it)")
 		fs.IntVar(&cfg.StormCallers, "storm-callers", 64, "callers in the start-up storm")
 		fs.IntVar(&cfg.RSSRequests, "rss-requests", 1000000, "requests between the two RSS readings (0 skips them)")
+		fs.BoolVar(&cfg.FIPS140Only, "fips140-only", false, "also measure kms under GODEBUG=fips140=only in the steady rounds: one more row, its server CPU per request beside plain kms's")
 		fs.StringVar(&cfg.Dir, "dir", "", "directory for sockets, keyring and server logs (default: a new one under $TMPDIR, removed after)")
 		return func(args []string) error {
 			if err := check(args, &cfg, *kinds); err != nil {
@@ -105,6 +106,8 @@ func check(args []string, cfg *load.Config, kinds string) error {
 	switch {
 	case cfg.KMSEndpoint != "" && cfg.KMSPID <= 0:
 		return cli.Usagef("--kms-endpoint needs --kms-pid")
+	case cfg.KMSEndpoint != "" && cfg.FIPS140Only:
+		return cli.Usagef("--fips140-only starts a second kms: it needs --kms, not --kms-endpoint")
 	case cfg.KMSEndpoint != "":
 		cfg.KMS = ""
 	case cfg.KMS == "":

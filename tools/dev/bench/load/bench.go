@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -56,6 +57,9 @@ type Config struct {
 	RSSRequests int
 	// Progress gets a line per phase.
 	Progress io.Writer
+	// FIPS140Only adds a third server to the steady rounds: the same kms
+	// under GODEBUG=fips140=only (docs/security.md).
+	FIPS140Only bool
 }
 
 // Side is what one server did.
@@ -97,7 +101,10 @@ func (s *Side) Failed() int {
 // Report is the outcome of Bench.
 type Report struct {
 	Config
-	KMS, Noop          Side
+	KMS, Noop Side
+	// FIPS is kms under GODEBUG=fips140=only, in the steady rounds only;
+	// nil unless Config.FIPS140Only.
+	FIPS               *Side
 	LoadBefore, LoadAt string
 }
 
@@ -105,7 +112,7 @@ type Report struct {
 func Bench(cfg Config) (rep *Report, err error) {
 	ctx := context.Background()
 	rep = &Report{Config: cfg, KMS: Side{Name: "kms"}, Noop: Side{Name: "do-nothing"}, LoadBefore: loadAvg()}
-	kms, noop, err := cfg.servers()
+	kms, noop, fips, err := cfg.servers()
 	if err != nil {
 		return nil, err
 	}
@@ -118,6 +125,11 @@ func Bench(cfg Config) (rep *Report, err error) {
 		corpus *Corpus
 	}
 	targets := []*target{{srv: kms, side: &rep.KMS}, {srv: noop, side: &rep.Noop}}
+	if fips != nil {
+		defer fips.stop()
+		rep.FIPS = &Side{Name: fips.name}
+		targets = append(targets, &target{srv: fips, side: rep.FIPS})
+	}
 	defer func() {
 		for _, t := range targets {
 			if t.client != nil {
@@ -159,8 +171,8 @@ func Bench(cfg Config) (rep *Report, err error) {
 		Run(ctx, cfg.Callers, cfg.Requests/4, workload(t))
 	}
 	for round := range cfg.Rounds {
-		order := []*target{targets[round%2], targets[1-round%2]}
-		for _, t := range order {
+		for i := range targets {
+			t := targets[(round+i)%len(targets)]
 			cfg.progress("round %d/%d: %s, %d requests", round+1, cfg.Rounds, t.srv.name, cfg.Requests)
 			r, cpu, err := measure(t, cfg.Callers, cfg.Requests, workload(t))
 			if err != nil {
@@ -195,7 +207,7 @@ func Bench(cfg Config) (rep *Report, err error) {
 		}
 	}
 	if cfg.RSSRequests > 0 {
-		for _, t := range targets {
+		for _, t := range targets[:2] {
 			cfg.progress("memory: %s, %d requests", t.srv.name, cfg.RSSRequests)
 			before, err := t.srv.proc()
 			if err != nil {
@@ -210,7 +222,7 @@ func Bench(cfg Config) (rep *Report, err error) {
 		}
 	}
 	if cfg.StormRequests > 0 {
-		for _, t := range targets {
+		for _, t := range targets[:2] {
 			cfg.progress("start-up storm: %s, %d v1 decrypts from %d callers", t.srv.name, cfg.StormRequests, cfg.StormCallers)
 			began := time.Now()
 			if t.srv.argv != nil {
@@ -235,13 +247,13 @@ func Bench(cfg Config) (rep *Report, err error) {
 	return rep, nil
 }
 
-func (cfg *Config) servers() (kms, noop *server, err error) {
+func (cfg *Config) servers() (kms, noop, fips *server, err error) {
 	if cfg.KMS != "" {
 		secret := make([]byte, 32)
 		rand.Read(secret)
 		key, err := kek.NewKey(secret)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		ring := &kek.Keyring{Keys: []kek.Key{key}}
 		text := ring.Text()
@@ -249,16 +261,21 @@ func (cfg *Config) servers() (kms, noop *server, err error) {
 		clear(text)
 		ring.Wipe()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if err := cfg.setKEKDelay(0); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		// The delay file lets the refresh phase slow the command down
 		// without restarting the daemon; "starts" and "runs" get a line
 		// per run begun and finished.
 		command := fmt.Sprintf(`echo >>%[1]s/starts; sleep "$(cat %[1]s/delay)"; echo >>%[1]s/runs; cat %[1]s/keyring`, cfg.Dir)
-		kms = newServer("kms", cfg.Dir, []string{cfg.KMS, "--command", command, "--mode", cfg.Mode})
+		argv := []string{cfg.KMS, "--command", command, "--mode", cfg.Mode}
+		kms = newServer("kms", cfg.Dir, argv)
+		if cfg.FIPS140Only {
+			fips = newServer("kms-fips140-only", cfg.Dir, slices.Clone(argv))
+			fips.env = append(os.Environ(), "GODEBUG=fips140=only")
+		}
 	} else {
 		kms = &server{name: "kms", endpoint: cfg.KMSEndpoint, pid: cfg.KMSPID}
 	}
@@ -267,7 +284,7 @@ func (cfg *Config) servers() (kms, noop *server, err error) {
 	} else {
 		noop = &server{name: "do-nothing", endpoint: cfg.NoopEndpoint, pid: cfg.NoopPID}
 	}
-	return kms, noop, nil
+	return kms, noop, fips, nil
 }
 
 func (cfg *Config) setKEKDelay(d time.Duration) error {
@@ -364,6 +381,8 @@ const (
 	// round to round on a shared 2-core machine with nothing changed.
 	maxRefreshP99Ratio = 1.20
 	maxRSSRatio        = 1.10
+	// FIPS 140-only mode against plain kms, not the do-nothing plugin.
+	maxFIPSCPURatio = 1.05
 )
 
 // ErrFailures is returned when requests failed: unlike a missed speed
@@ -372,6 +391,9 @@ var ErrFailures = errors.New("requests failed")
 
 // Check returns ErrFailures if any request in any phase failed.
 func (r *Report) Check() error {
+	if r.FIPS != nil && r.FIPS.Failed() > 0 {
+		return fmt.Errorf("%w: kms fips140=only %d %v", ErrFailures, r.FIPS.Failed(), r.FIPS.failures())
+	}
 	if n, m := r.KMS.Failed(), r.Noop.Failed(); n+m > 0 {
 		return fmt.Errorf("%w: kms %d %v, do-nothing %d %v", ErrFailures, n, r.KMS.failures(), m, r.Noop.failures())
 	}
@@ -430,6 +452,11 @@ func (r *Report) rows() ([]row, bool) {
 	}
 	rows = append(rows, p99,
 		row{"latency max", dur(k.Steady.Max()), dur(n.Steady.Max()), ratioStr(k.Steady.Max(), n.Steady.Max()), "", ""})
+	if f := r.FIPS; f != nil {
+		fc := ratio(float64(f.CPUPerRequest()), float64(k.CPUPerRequest()))
+		rows = append(rows, row{"  server CPU per request, kms GODEBUG=fips140=only", dur(f.CPUPerRequest()), dur(n.CPUPerRequest()),
+			fmt.Sprintf("%.3f", fc), fmt.Sprintf("<= %.2f x kms", maxFIPSCPURatio), judge(fc <= maxFIPSCPURatio)})
+	}
 	if k.Refresh != nil {
 		rr := ratio(float64(k.Refresh.Percentile(0.99)), float64(k.Steady.Percentile(0.99)))
 		rows = append(rows,
