@@ -109,7 +109,10 @@ func NewKey(k kek.Key) (*Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	gcm, err := cipher.NewGCM(block)
+	// The FIPS 140-3 approved GCM (and the only one GODEBUG=fips140=only
+	// allows): the module draws the nonce itself, and its output, nonce ‖
+	// AES-GCM(p), is exactly what follows the header in the aesgcm format.
+	gcm, err := cipher.NewGCMWithRandomNonce(block)
 	if err != nil {
 		return nil, err
 	}
@@ -152,13 +155,10 @@ func (s *Set) Encrypt(mode Mode, plaintext []byte) ([]byte, error) {
 	case Legacy:
 		return k.encryptCBC(legacyHeader, nil, plaintext)
 	}
-	out := make([]byte, headerLen+nonceLen, headerLen+nonceLen+len(plaintext)+gcmOverhead)
+	out := make([]byte, headerLen, headerLen+nonceLen+len(plaintext)+gcmOverhead)
 	copy(out, gcmHeader)
 	copy(out[tagLen:], k.ID[:])
-	if _, err := rand.Read(out[headerLen:]); err != nil {
-		return nil, err
-	}
-	return k.gcm.Seal(out, out[headerLen:], plaintext, out[:headerLen]), nil
+	return k.gcm.Seal(out, nil, plaintext, out[:headerLen]), nil
 }
 
 // encryptCBC returns tag ‖ id ‖ IV ‖ AES-CBC(PKCS#7(plaintext)); the 2018
@@ -205,8 +205,8 @@ func (s *Set) Decrypt(ciphertext []byte) ([]byte, *Key, error) {
 		if err != nil {
 			return nil, nil, err
 		}
-		nonce, body := ciphertext[headerLen:headerLen+nonceLen], ciphertext[headerLen+nonceLen:]
-		p, err := k.gcm.Open(make([]byte, 0, len(body)-gcmOverhead), nonce, body, ciphertext[:headerLen])
+		body := ciphertext[headerLen:] // nonce ‖ AES-GCM(p)
+		p, err := k.gcm.Open(make([]byte, 0, len(body)-nonceLen-gcmOverhead), nil, body, ciphertext[:headerLen])
 		if err != nil {
 			return nil, nil, ErrDecrypt
 		}

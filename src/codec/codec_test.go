@@ -3,8 +3,12 @@ package codec
 import (
 	"bytes"
 	"crypto/cipher"
+	"crypto/fips140"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"testing"
@@ -112,6 +116,64 @@ func TestLegacyEncrypt(t *testing.T) {
 		if err != nil || !bytes.Equal(p, plain) || k != set.Primary() {
 			t.Fatalf("%d bytes: Decrypt: %x, %v, %v", n, p, k, err)
 		}
+	}
+}
+
+// Ciphertexts made elsewhere, with fixed nonces and IVs, decrypt: behind
+// another key, in every mode (TestFIPS140Only runs this once more there).
+func TestVectors(t *testing.T) {
+	other := mustKey(t, randBytes(32))
+	for i, v := range codectest.Vectors {
+		k := mustKey(t, v.Key())
+		if got := hex.EncodeToString(k.ID[:]); got != v.IDHex {
+			t.Fatalf("vector %d: key id %s, Python's HMAC-SHA256 says %s", i, got, v.IDHex)
+		}
+		p, used, err := NewSet([]*Key{other, k}).Decrypt(v.Ciphertext())
+		if err != nil || string(p) != v.Plain || used != k {
+			t.Fatalf("vector %d: got %q, %v", i, p, err)
+		}
+	}
+}
+
+// kms once sealed aesgcm with cipher.NewGCM and a nonce of its own; now the
+// module draws the nonce. Each reads the other's ciphertexts. The old way
+// is refused in FIPS 140-only mode, so there it runs without enforcement.
+func TestGCMOldAndNewInterchange(t *testing.T) {
+	for _, size := range []int{16, 24, 32} {
+		secret := randBytes(size)
+		k := mustKey(t, secret)
+		set := NewSet([]*Key{k})
+		for n := 0; n <= 70; n += 7 {
+			plain := randBytes(n)
+			var old []byte
+			fips140.WithoutEnforcement(func() { old = codectest.GCMSeal(secret, k.ID, randBytes(nonceLen), plain) })
+			if p, _, err := set.Decrypt(old); err != nil || !bytes.Equal(p, plain) {
+				t.Fatalf("size %d len %d: old ciphertext: %v", size, n, err)
+			}
+			ct, err := set.Encrypt(AESGCM, plain)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var p []byte
+			fips140.WithoutEnforcement(func() { p, err = codectest.GCMOpen(secret, ct) })
+			if err != nil || !bytes.Equal(p, plain) {
+				t.Fatalf("size %d len %d: the old decoder: %v", size, n, err)
+			}
+		}
+	}
+}
+
+// GODEBUG=fips140=only refuses every algorithm outside FIPS 140-3 (GCM
+// with a caller's nonce among them), by error or panic: the whole suite
+// runs once more that way.
+func TestFIPS140Only(t *testing.T) {
+	if fips140.Enforced() {
+		t.Skip("this is the FIPS 140-only run")
+	}
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), "GODEBUG=fips140=only")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("under GODEBUG=fips140=only: %v\n%s", err, out)
 	}
 }
 
@@ -333,6 +395,9 @@ func TestWipe(t *testing.T) {
 	block, gcm := k.block, k.gcm
 	mem := func(v any) []byte {
 		rv := reflect.ValueOf(v)
+		if rv.Kind() == reflect.Struct { // the GCM with random nonces wraps its state
+			rv = rv.Field(0)
+		}
 		return unsafe.Slice((*byte)(rv.UnsafePointer()), rv.Type().Elem().Size())
 	}
 	for name, v := range map[string]any{"AES block": block, "GCM": gcm} {

@@ -26,8 +26,15 @@ func (k *Key) Wipe() bool {
 // that is pointer-free: zeroing a pointer would corrupt the heap. It also
 // wipes crypto/cipher's CBC modes after each use, since for AES they copy
 // the whole key schedule (their second allocation per call).
+//
+// v may also be a struct that only wraps such a pointer:
+// cipher.NewGCMWithRandomNonce returns its GCM state (a copy of the AES
+// schedule and the hash key) inside a one-field struct value.
 func zeroPointee(v any) bool {
 	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Struct && rv.NumField() == 1 {
+		rv = rv.Field(0)
+	}
 	if rv.Kind() != reflect.Pointer || rv.IsNil() {
 		return false
 	}

@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"crypto/fips140"
 	"fmt"
 	"io"
 	"log/slog"
@@ -61,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 				return err
 			}
 			if cfg.showVersion {
-				fmt.Fprintf(stdout, "kms %s %s\n", versionString(), runtime.Version())
+				fmt.Fprintf(stdout, "kms %s %s\nfips140: %s\n", versionString(), runtime.Version(), fipsString())
 				return nil
 			}
 			log := cfg.logger(stderr)
@@ -82,6 +83,17 @@ func versionString() string {
 		return bi.Main.Version
 	}
 	return "devel"
+}
+
+// fipsString names the Go Cryptographic Module the binary was built with
+// ("latest": the Go release's own; "v1.0.0": the CMVP-certified snapshot,
+// GOFIPS140) and whether FIPS 140-3 mode is on (GODEBUG fips140=on or only,
+// or the GOFIPS140 build's default).
+func fipsString() string {
+	if fips140.Enabled() {
+		return fips140.Version() + " enabled"
+	}
+	return fips140.Version() + " disabled"
 }
 
 // serve runs the daemon until SIGTERM/SIGINT.
@@ -191,7 +203,7 @@ func serve(cfg *config, log *slog.Logger) error {
 		go func() { served <- fmt.Errorf("health listener: %w", hsrv.Serve(hl)) }()
 		log.Info("serving /healthz, /readyz and /metrics", "address", hl.Addr().String())
 	}
-	log.Info("serving KMS v1beta1 and v2", "socket", l.Addr().String(), "mode", cfg.mode.String(), "version", versionString())
+	log.Info("serving KMS v1beta1 and v2", "socket", l.Addr().String(), "mode", cfg.mode.String(), "version", versionString(), "fips140", fipsString())
 
 	select {
 	case err := <-served:

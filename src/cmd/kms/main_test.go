@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -80,7 +81,7 @@ func TestFlags(t *testing.T) {
 			t.Errorf("--help does not list %s", f)
 		}
 	}
-	if code, out := runToExit(t, "--version"); code != 0 || !strings.HasPrefix(out, "kms ") {
+	if code, out := runToExit(t, "--version"); code != 0 || !strings.HasPrefix(out, "kms ") || !regexp.MustCompile(`(?m)^fips140: \S+ (enabled|disabled)$`).MatchString(out) {
 		t.Errorf("--version: %d %q", code, out)
 	}
 	for _, tc := range []struct {

@@ -82,3 +82,60 @@ func Unhex(s string) []byte {
 	}
 	return b
 }
+
+// Vector is one ciphertext of a current format, ":ck:v2:" ‖ Codec ‖ ":" ‖
+// key id ‖ body, made by Python's cryptography package with a fixed nonce
+// or IV and its own HMAC for the key id: stored data that every build of
+// kms must keep reading, FIPS 140-only mode included, whatever draws its
+// nonces. KeyHex, IDHex and BodyHex are hex.
+type Vector struct{ Codec, KeyHex, IDHex, Plain, BodyHex string }
+
+// Vectors: aesgcm under AES-256 and (empty plaintext) AES-128, aescbc under
+// AES-192. An aesgcm body is nonce(12) ‖ ciphertext ‖ tag(16), with the
+// header and key id as additional data; an aescbc one is IV(16) ‖
+// AES-CBC(PKCS#7(Plain)).
+var Vectors = []Vector{
+	{"aesgcm", "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f", "b11ea56329cba566674d3fde85307dfc",
+		"a 32-byte data encryption key!!!",
+		"101112131415161718191a1b41fdcc2062216bf216784345a0a9804403eea621457c6e7dce1a2d86f5e9a3ca36920edf20f74149dd3db4e374d6871f"},
+	{"aesgcm", "808182838485868788898a8b8c8d8e8f", "eed7da8e167d89310cca92eb68f3a864", "",
+		"ffeeddccbbaa9988776655446be52518646204daf3c207aa81112ac4"},
+	{"aescbc", "505152535455565758595a5b5c5d5e5f6061626364656667", "39513c5d07cb8cb204ae3b6458a7ec63", "hello v2",
+		"a0a1a2a3a4a5a6a7a8a9aaabacadaeaf7e445ba12d9bb48ee8583acc698b9662"},
+}
+
+// Key is the vector's KEK.
+func (v Vector) Key() []byte { return Unhex(v.KeyHex) }
+
+// Ciphertext is the whole stored ciphertext, header included.
+func (v Vector) Ciphertext() []byte {
+	return append(append([]byte(":ck:v2:"+v.Codec+":"), Unhex(v.IDHex)...), Unhex(v.BodyHex)...)
+}
+
+// GCMSeal makes an aesgcm ciphertext the way kms did before FIPS 140-3
+// mode: a caller-chosen nonce through cipher.NewGCM, which FIPS 140-only
+// mode refuses (run it inside fips140.WithoutEnforcement there).
+func GCMSeal(key []byte, id [16]byte, nonce, plain []byte) []byte {
+	aead := newGCM(key)
+	header := append([]byte(":ck:v2:aesgcm:"), id[:]...)
+	return aead.Seal(append(bytes.Clone(header), nonce...), nonce, plain, header)
+}
+
+// GCMOpen opens an aesgcm ciphertext as kms did before FIPS 140-3 mode.
+func GCMOpen(key, ciphertext []byte) ([]byte, error) {
+	const headerLen, nonceLen = 14 + 16, 12
+	header, nonce := ciphertext[:headerLen], ciphertext[headerLen:headerLen+nonceLen]
+	return newGCM(key).Open(nil, nonce, ciphertext[headerLen+nonceLen:], header)
+}
+
+func newGCM(key []byte) cipher.AEAD {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		panic(err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		panic(err)
+	}
+	return aead
+}

@@ -61,6 +61,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&cfg.StormCallers, "storm-callers", 64, "callers in the start-up storm")
 		fs.IntVar(&cfg.RSSRequests, "rss-requests", 1000000, "requests between the two RSS readings (0 skips them)")
 		fs.BoolVar(&cfg.Security, "security", true, "also run kms with --audit-log, with --allow-uid, and with both in the steady rounds (kms-audit-log, kms-allow-uid, kms-both rows)")
+		fs.BoolVar(&cfg.FIPS140Only, "fips140-only", false, "also measure kms under GODEBUG=fips140=only in the steady rounds: one more row, its server CPU per request beside plain kms's")
 		fs.StringVar(&cfg.Dir, "dir", "", "directory for sockets, keyring and server logs (default: a new one under $TMPDIR, removed after)")
 		return func(args []string) error {
 			if err := check(args, &cfg, *kinds); err != nil {
@@ -106,6 +107,8 @@ func check(args []string, cfg *load.Config, kinds string) error {
 	switch {
 	case cfg.KMSEndpoint != "" && cfg.KMSPID <= 0:
 		return cli.Usagef("--kms-endpoint needs --kms-pid")
+	case cfg.KMSEndpoint != "" && cfg.FIPS140Only:
+		return cli.Usagef("--fips140-only starts a second kms: it needs --kms, not --kms-endpoint")
 	case cfg.KMSEndpoint != "":
 		cfg.KMS = ""
 	case cfg.KMS == "":

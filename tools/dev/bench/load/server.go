@@ -22,7 +22,9 @@ type server struct {
 	endpoint string
 	pid      int
 	// argv starts it; nil for a server that was given.
-	argv   []string
+	argv []string
+	// env is its environment; nil: bench's own.
+	env    []string
 	log    string
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -39,6 +41,7 @@ func (s *server) spawn() error {
 	}
 	defer logf.Close()
 	s.cmd = exec.Command(s.argv[0], s.argv[1:]...)
+	s.cmd.Env = s.env
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		return err
