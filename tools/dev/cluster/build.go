@@ -4,7 +4,7 @@
 //
 // It is its own Go module so that kube-apiserver's ~1 GB of dependencies
 // stay out of the product's go.mod; it talks to the product only through
-// its binaries (kms, kek-gen), built from the main module.
+// its binaries (kms, kek-gen, kek-census), built from the main module.
 package cluster
 
 import (
@@ -25,8 +25,9 @@ var (
 )
 
 // BinDir returns the directory holding etcd, etcdctl, kube-apiserver,
-// kubectl, kms and kek-gen, building them on first use. The Go build cache
-// makes a rebuild a matter of linking.
+// kube-controller-manager, kubectl, kms, kek-gen and kek-census, building
+// them on first use. The Go build cache makes a rebuild a matter of
+// linking.
 func BinDir(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -60,20 +61,21 @@ func build() (string, error) {
 	k8s = strings.TrimSpace(k8s)
 	major, minor, _ := strings.Cut(strings.TrimPrefix(k8s, "v"), ".")
 	minor, _, _ = strings.Cut(minor, ".")
-	// Unstamped, kube-apiserver and kubectl call themselves v0.0.0-master.
+	// Unstamped, the Kubernetes programs call themselves v0.0.0-master.
 	v := "k8s.io/component-base/version"
 	ldflags := fmt.Sprintf("-X %s.gitVersion=%s -X %s.gitMajor=%s -X %s.gitMinor=%s", v, k8s, v, major, v, minor)
 	// One invocation, so the shared dependencies are compiled once.
 	if _, err := goCmd("", "build", "-o", out, "-ldflags", ldflags,
 		"./cmd/etcd", "go.etcd.io/etcd/etcdctl/v3",
-		"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kubectl"); err != nil {
+		"k8s.io/kubernetes/cmd/kube-apiserver", "k8s.io/kubernetes/cmd/kube-controller-manager",
+		"k8s.io/kubernetes/cmd/kubectl"); err != nil {
 		return dir, err
 	}
 	root, err := filepath.Abs("../../..")
 	if err != nil {
 		return dir, err
 	}
-	_, err = goCmd(root, "build", "-o", out, "./src/cmd/kms", "./tools/helpers/kek-gen")
+	_, err = goCmd(root, "build", "-o", out, "./src/cmd/kms", "./tools/helpers/kek-gen", "./tools/helpers/kek-census")
 	return dir, err
 }
 

@@ -4,13 +4,17 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,18 +22,53 @@ import (
 	"unicode/utf8"
 )
 
-// Provider is one KMS provider of the EncryptionConfiguration.
+// Provider is one provider of the EncryptionConfiguration: a KMS provider,
+// or Identity (plaintext).
 type Provider struct {
-	API  string // "v1" or "v2"
+	API  string // "v1" or "v2"; "" for Identity
 	Name string
 }
+
+// Identity is the provider that stores plaintext. Every configuration
+// lists it, last unless placed earlier: it reads what was written before
+// encryption was turned on.
+var Identity = Provider{}
 
 // prefix is how values it wrote start in etcd.
 func (p Provider) prefix() string { return "k8s:enc:kms:" + p.API + ":" + p.Name + ":" }
 
-// Cluster is three nodes, each an etcd member, a kms daemon and a
-// kube-apiserver; every API server talks to its own node's etcd member and
-// kms socket, as in kubeadm's stacked topology.
+// Resources are what the EncryptionConfiguration encrypts: two built-in
+// resources and the drill's custom resource (crd.yaml), as group/resource
+// is named in etcd keys and StorageVersionMigrations.
+var Resources = []GroupResource{{"", "secrets"}, {"", "configmaps"}, {"drill.kms.test", "credentials"}}
+
+// GroupResource is a resource of an API group ("" for the core group).
+type GroupResource struct{ Group, Resource string }
+
+// String is the resource as an EncryptionConfiguration names it.
+func (r GroupResource) String() string {
+	if r.Group == "" {
+		return r.Resource
+	}
+	return r.Resource + "." + r.Group
+}
+
+// etcdPrefix is where kube-apiserver keeps the resource's objects.
+func (r GroupResource) etcdPrefix() string {
+	if r.Group == "" {
+		return "/registry/" + r.Resource + "/"
+	}
+	return "/registry/" + r.Group + "/" + r.Resource + "/"
+}
+
+// Cluster is three nodes, each an etcd member, a kms daemon, a
+// kube-apiserver and a kube-controller-manager; every API server talks to
+// its own node's etcd member and kms socket, and every controller manager
+// to its own node's API server, as in kubeadm's stacked topology. Each
+// node's API server and controller manager run in a UTS namespace of their
+// own, with the node's name as hostname: on one machine they would
+// otherwise share one identity (the API servers' identity leases, the
+// controller managers' leader election).
 type Cluster struct {
 	Dir       string // short, for unix sockets; its nN/ are the nodes
 	Nodes     []*node
@@ -44,8 +83,9 @@ type node struct {
 	name, ip, dir                string
 	etcdPort, peerPort, apiPort  int
 	healthPort                   int // kms --health-address
-	etcd, kms, api               *proc
+	etcd, kms, api, kcm          *proc
 	keyring, socket, encryptConf string
+	kubeconfig                   string // its own API server's, for its controller manager
 }
 
 func (n *node) apiURL() string     { return fmt.Sprintf("https://%s:%d", n.ip, n.apiPort) }
@@ -56,9 +96,10 @@ func (n *node) log(what string) string {
 	return filepath.Join(n.dir, what+".log")
 }
 
-// New lays out a cluster of three nodes whose secrets go to providers
-// (all served by each node's kms), and the first node's keyring holding
-// one new key, copied to the others. Start starts it.
+// New lays out a cluster of three nodes whose encrypted resources go to
+// providers (all served by each node's kms; none: plaintext), and the first
+// node's keyring holding one new key, copied to the others. Start starts
+// it.
 func New(t testing.TB, providers ...Provider) *Cluster {
 	t.Helper()
 	dir, err := os.MkdirTemp("/tmp", "cl")
@@ -89,12 +130,16 @@ func New(t testing.TB, providers ...Provider) *Cluster {
 		n.keyring = filepath.Join(n.dir, "keyring")
 		n.socket = filepath.Join(n.dir, "kms.sock")
 		n.encryptConf = filepath.Join(n.dir, "encryption.yaml")
+		n.kubeconfig = filepath.Join(n.dir, "kubeconfig")
 		c.pki.serving(t, n.ip, filepath.Join(n.dir, "apiserver.crt"), filepath.Join(n.dir, "apiserver.key"))
 		c.Nodes = append(c.Nodes, n)
 		etcds = append(etcds, n.etcdURL())
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	c.pki.kubeconfig(t, kubeconfig, c.Nodes)
+	for _, n := range c.Nodes {
+		c.pki.kubeconfig(t, n.kubeconfig, []*node{n})
+	}
 	c.env = append(os.Environ(),
 		"PATH="+bin+":"+os.Getenv("PATH"),
 		"KUBECONFIG="+kubeconfig,
@@ -140,28 +185,43 @@ func (c *Cluster) SetProviders(t testing.TB, providers ...Provider) {
 }
 
 // writeEncryptionConfig is release/deploy/encryption-config-v{1,2}.yaml
-// with the node's socket and the cluster's providers, identity last.
+// with the node's socket, the drill's Resources and the cluster's
+// providers, Identity last unless listed.
 func (c *Cluster) writeEncryptionConfig(t testing.TB, n *node) {
 	t.Helper()
 	var b strings.Builder
-	b.WriteString("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n      - secrets\n    providers:\n")
-	for _, p := range c.providers {
+	b.WriteString("apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n  - resources:\n")
+	for _, r := range Resources {
+		fmt.Fprintf(&b, "      - %s\n", r)
+	}
+	b.WriteString("    providers:\n")
+	providers := c.providers
+	if !slices.Contains(providers, Identity) {
+		providers = append(slices.Clone(providers), Identity)
+	}
+	for _, p := range providers {
+		if p == Identity {
+			b.WriteString("      - identity: {}\n")
+			continue
+		}
 		fmt.Fprintf(&b, "      - kms:\n          apiVersion: %s\n          name: %s\n          endpoint: unix://%s\n          timeout: 3s\n", p.API, p.Name, n.socket)
 		if p.API == "v1" {
 			b.WriteString("          cachesize: 1000\n")
 		}
 	}
-	b.WriteString("      - identity: {}\n")
 	writeFile(t, n.encryptConf, []byte(b.String()))
 }
 
 // Start starts the etcd members, then the kms daemons, then the API
-// servers, and waits until all are ready.
+// servers, then the controller managers, and waits until all are ready.
 func (c *Cluster) Start(t testing.TB) {
 	t.Helper()
 	c.StartEtcd(t, c.Nodes...)
 	c.StartKMS(t, c.Nodes...)
 	c.StartAPIServer(t, c.Nodes...)
+	c.StartControllerManagers(t, c.Nodes...)
+	// Each API server's identity lease is its own.
+	c.waitLeases(t, "apiserver.kubernetes.io/identity=kube-apiserver", 3)
 }
 
 // StartEtcd starts the etcd members of nodes, all before waiting for any:
@@ -253,10 +313,95 @@ func (c *Cluster) StartAPIServer(t testing.TB, nodes ...*node) {
 				break
 			}
 		}
-		n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), args)
+		n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), n.uts(args))
 	}
 	for _, n := range nodes {
 		c.waitHTTP(t, n.api, n.apiURL()+"/readyz", 2*time.Minute)
+	}
+}
+
+// uts runs argv in a new UTS namespace whose hostname is the node's name.
+func (n *node) uts(argv []string) []string {
+	return append([]string{"unshare", "--uts", "/bin/sh", "-c", `hostname "$0" && exec "$@"`, n.name}, argv...)
+}
+
+// StartControllerManagers starts the kube-controller-managers of nodes and
+// waits until one of them leads. Each runs the controllers storage version
+// migration needs (the migrator and the garbage collector, whose informers
+// it reads), not every default one: they would only load the machine. A
+// controller manager exits when it cannot renew its lease, as a leader
+// does while its API server restarts: the drill restarts a node's with its
+// API server, as a kubelet would, and its lease outlasts the shorter
+// faults.
+func (c *Cluster) StartControllerManagers(t testing.TB, nodes ...*node) {
+	t.Helper()
+	for _, n := range nodes {
+		n.kcm = start(t, "kube-controller-manager "+n.name, n.log("kube-controller-manager"), n.uts([]string{
+			filepath.Join(c.bin, "kube-controller-manager"),
+			"--kubeconfig", n.kubeconfig,
+			"--secure-port", "0",
+			"--controllers", "garbage-collector-controller,storage-version-migrator-controller",
+			"--leader-elect-lease-duration", "60s",
+			"--leader-elect-renew-deadline", "45s",
+		}))
+	}
+	c.waitLeases(t, "kube-controller-manager", 1)
+}
+
+// StopControllerManager stops n's kube-controller-manager gracefully.
+func (c *Cluster) StopControllerManager(t testing.TB, n *node) {
+	t.Helper()
+	n.kcm.stop(t, syscall.SIGTERM)
+}
+
+// waitLeases waits until the Leases of kube-system that sel selects (a
+// name, or a label selector) are held by want distinct nodes: the hostname
+// of the holder's UTS namespace is the label kubernetes.io/hostname of an
+// API server's identity lease, and starts the holder identity of a leader
+// election's.
+func (c *Cluster) waitLeases(t testing.TB, sel string, want int) {
+	t.Helper()
+	url := c.Nodes[0].apiURL() + "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases"
+	if strings.Contains(sel, "=") {
+		url += "?labelSelector=" + sel
+	} else {
+		url += "?fieldSelector=metadata.name=" + sel
+	}
+	holder := regexp.MustCompile(`^(n[1-3])_`)
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		code, body := c.Get(url)
+		var list struct {
+			Items []struct {
+				Metadata struct{ Labels map[string]string }
+				Spec     struct{ HolderIdentity string }
+			}
+		}
+		held := map[string]bool{}
+		if code == http.StatusOK && json.Unmarshal([]byte(body), &list) == nil {
+			for _, l := range list.Items {
+				if h := l.Metadata.Labels["kubernetes.io/hostname"]; h != "" {
+					held[h] = true
+				} else if m := holder.FindStringSubmatch(l.Spec.HolderIdentity); m != nil {
+					held[m[1]] = true
+				}
+			}
+		}
+		if len(held) == want {
+			t.Logf("leases %s held by %v", sel, slices.Sorted(maps.Keys(held)))
+			return
+		}
+		for _, n := range c.Nodes {
+			for _, p := range []*proc{n.api, n.kcm} {
+				if p != nil && !p.running() {
+					t.Fatalf("%s exited (%v):\n%s", p.name, p.cmd.ProcessState, tail(p.log, 30))
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("leases %s: held by %v after 2 minutes, want %d nodes: %d %s", sel, held, want, code, body)
+		}
+		time.Sleep(time.Second)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -23,9 +24,15 @@ func TestMain(m *testing.M) {
 
 const secrets = 1000
 
-// The HA drill of issue 12, KMS v2: three API servers on one etcd cluster,
-// each with its own kms; rotation with the two-phase procedure, then
-// faults, all under load through every API server.
+// created is how many objects of each encrypted resource the drill creates
+// before the rotation (the load adds Secrets).
+var created = map[GroupResource]int{Resources[0]: secrets, Resources[1]: 300, Resources[2]: 300}
+
+// The HA drill of issues 12 and 18, KMS v2: three API servers on one etcd
+// cluster, each with its own kms and kube-controller-manager; rotation with
+// the two-phase procedure, ended by a storage version migration of every
+// encrypted resource, then faults, all under load through every API
+// server.
 func TestHADrill(t *testing.T) { drill(t, "v2") }
 
 // The same with KMS v1 providers (--feature-gates=KMSv1=true). A v1
@@ -51,7 +58,14 @@ func drill(tt *testing.T, api string) {
 		old, neu = Provider{"v1", "kms-v1"}, Provider{"v1", "kms-v1-2"}
 		health = "/readyz/kms-provider-0"
 	}
-	c := New(t, old)
+	// The v2 drill starts unencrypted, as a cluster is before kms, and
+	// turns encryption on; the v1 drill starts encrypted (its time goes to
+	// the v1 rotation).
+	start := []Provider{old}
+	if api == "v2" {
+		start = nil
+	}
+	c := New(t, start...)
 	c.Start(t)
 	clients := c.Clients(t)
 	for _, ns := range []string{"drill", "load"} {
@@ -64,11 +78,16 @@ func drill(tt *testing.T, api string) {
 	defer func() { report(t, api, l, began) }()
 	n1, n2, n3 := c.Nodes[0], c.Nodes[1], c.Nodes[2]
 
-	// Secrets under the first key, through all three API servers.
+	// Objects under the first key (v2: in plaintext), through all three
+	// API servers.
 	k1 := primary(c.Status(t, n1))
 	c.WantKeys(t, Keys{k1: "primary"})
 	createSecrets(t, l, secrets)
-	c.WantStored(t, old, k1, secrets)
+	objects := c.CreateObjects(t, created)
+	if api == "v2" {
+		encryptionOn(t, c, l, old, k1, health)
+	}
+	c.WantStored(t, old, k1, created)
 
 	// Rotation, phase 1 (docs/rotation.md): the new key on every node,
 	// decrypt-only, so that whichever API server writes with it first,
@@ -92,12 +111,23 @@ func drill(tt *testing.T, api string) {
 		c.SetProviders(t, neu, old)
 		rollingRestart(t, c, l, false)
 	}
-	waitWrites(t, c, neu, k2, health)
+	// The gate: every API server writes under the new key. Until then a
+	// migration through one that does not would leave objects under the
+	// old key, which the census would then find.
+	l.Phase("check writes")
+	gone := k1 // what must no longer be in etcd before it is retired
+	if api == "v1" {
+		gone = old.Name
+	}
+	checkWrites(t, c, neu, k2, health)
+	census(t, c, gone, false)
 
-	// Rewrite every Secret; etcd then holds nothing under the old key.
-	l.Phase("rewrite")
-	rewrite(t, c)
-	c.WantStored(t, neu, k2, secrets)
+	// Migrate every encrypted resource; etcd then holds nothing under the
+	// old key.
+	l.Phase("migrate")
+	migrate(t, c, "rotate")
+	c.WantStored(t, neu, k2, created)
+	census(t, c, gone, true)
 
 	// Retire the old key; restart everything, node by node; all reads back.
 	l.Phase("retire, restart all")
@@ -116,6 +146,7 @@ func drill(tt *testing.T, api string) {
 	rollingRestart(t, c, l, true)
 	c.WantKeys(t, Keys{k2: "primary"})
 	readBack(t, clients, l.Want())
+	c.ReadObjects(t, objects)
 
 	// Faults, none announced to the load.
 	l.Phase("fault: kill -9 kms n2, its keyring lost")
@@ -145,10 +176,16 @@ func drill(tt *testing.T, api string) {
 	l.Phase("after the faults")
 	time.Sleep(5 * time.Second)
 	readBack(t, clients, l.Want())
-	c.WantStored(t, neu, k2, secrets)
+	c.WantStored(t, neu, k2, created)
 	c.WantKeys(t, Keys{k2: "primary"})
 	if api == "v1" {
 		migrateToV2(t, c, l, neu, k2)
+	}
+	c.ReadObjects(t, objects)
+	for _, n := range c.Nodes {
+		if !n.kcm.running() {
+			t.Errorf("%s exited (%v):\n%s", n.kcm.name, n.kcm.cmd.ProcessState, tail(n.kcm.log, 20))
+		}
 	}
 	checkFailures(t, l.Stop())
 	if total := time.Since(began); total > 10*time.Minute {
@@ -156,13 +193,33 @@ func drill(tt *testing.T, api string) {
 	}
 }
 
+// encryptionOn turns encryption on with provider p, as docs/airgap.md
+// says: p second everywhere, so that every API server reads what p writes,
+// then first everywhere, each in a rolling restart; the check that each
+// writes under p and key id, the migration of what was stored before, and
+// the census: no plaintext left.
+func encryptionOn(t testing.TB, c *Cluster, l *Load, p Provider, id, health string) {
+	t.Helper()
+	l.Phase("encryption on: kms second")
+	c.SetProviders(t, Identity, p)
+	rollingRestart(t, c, l, false)
+	l.Phase("encryption on: kms first")
+	c.SetProviders(t, p)
+	rollingRestart(t, c, l, false)
+	l.Phase("encryption on: check, migrate")
+	checkWrites(t, c, p, id, health)
+	census(t, c, "identity", false)
+	migrate(t, c, "encrypt")
+	census(t, c, "identity", true)
+}
+
 // migrateToV2 moves every Secret from the KMS v1 provider v1 to a KMS v2
 // provider, as docs/rotation.md ("From KMS v1 to KMS v2") says: the v2
-// provider second, then first, each in a rolling restart; the rewrite;
+// provider second, then first, each in a rolling restart; the migration;
 // then v2 alone, without the KMSv1 feature gate.
 func migrateToV2(t testing.TB, c *Cluster, l *Load, v1 Provider, id string) {
 	t.Helper()
-	v2 := Provider{"v2", "kms-v2"}
+	v2 := Provider{"v2", "kms"}
 	l.Phase("v1 to v2: v2 provider second")
 	c.SetProviders(t, v1, v2)
 	rollingRestart(t, c, l, false)
@@ -171,24 +228,56 @@ func migrateToV2(t testing.TB, c *Cluster, l *Load, v1 Provider, id string) {
 	rollingRestart(t, c, l, false)
 	// With a v1 provider configured each has its own check
 	// (kms-provider-N): /readyz runs them all.
-	waitWrites(t, c, v2, id, "/readyz")
-	l.Phase("v1 to v2: rewrite")
-	rewrite(t, c)
-	c.WantStored(t, v2, id, secrets)
+	checkWrites(t, c, v2, id, "/readyz")
+	l.Phase("v1 to v2: migrate")
+	migrate(t, c, "to-v2")
+	c.WantStored(t, v2, id, created)
+	census(t, c, v1.Name, true)
 	l.Phase("v1 to v2: v2 alone")
 	c.SetProviders(t, v2)
 	rollingRestart(t, c, l, false)
 	waitHealth(t, c, c.Nodes[0], "/readyz/kms-providers", true)
 	readBack(t, c.Clients(t), l.Want())
-	c.WantStored(t, v2, id, secrets)
+	c.WantStored(t, v2, id, created)
 }
 
-// rewrite rewrites every Secret as docs/rotation.md says.
-func rewrite(t testing.TB, c *Cluster) {
+// migrate rewrites every object of every encrypted resource under the
+// key and provider the API servers now write with, as docs/rotation.md
+// says: a StorageVersionMigration per resource, which the leading
+// kube-controller-manager runs through its API server, each then
+// Succeeded. Migrations run once: name tells them from earlier ones.
+func migrate(t testing.TB, c *Cluster, name string) {
 	t.Helper()
-	out := c.Sh(t, "kubectl get secrets -A -o json | kubectl replace -f -")
-	if n := strings.Count(out, " replaced\n"); n < secrets {
-		t.Fatalf("kubectl replace replaced %d objects, want at least %d", n, secrets)
+	var b strings.Builder
+	var svms []string
+	for _, r := range Resources {
+		svm := name + "-" + r.String()
+		fmt.Fprintf(&b, "---\napiVersion: storagemigration.k8s.io/v1\nkind: StorageVersionMigration\nmetadata:\n  name: %s\nspec:\n  resource:\n    group: %q\n    resource: %s\n", svm, r.Group, r.Resource)
+		svms = append(svms, "storageversionmigration/"+svm)
+	}
+	f := filepath.Join(c.Dir, name+"-migrations.yaml")
+	writeFile(t, f, []byte(b.String()))
+	began := time.Now()
+	c.Sh(t, "kubectl create -f "+f)
+	if _, _, code := c.ShCode(t, "kubectl wait --for=condition=Succeeded --timeout=5m "+strings.Join(svms, " ")); code != 0 {
+		c.ShCode(t, "kubectl get storageversionmigrations -o yaml")
+		t.Fatalf("storage version migrations %s did not all succeed", name)
+	}
+	t.Logf("migrations %s succeeded in %v", name, time.Since(began).Round(time.Second))
+}
+
+// census runs kek-census --require-none gone over the encrypted resources
+// in the cluster's etcd (the others are plaintext by design): it must pass
+// (exit 0) when clean, and otherwise fail naming objects.
+func census(t testing.TB, c *Cluster, gone string, clean bool) {
+	t.Helper()
+	cmd := `kek-census --endpoints "$ETCDCTL_ENDPOINTS"`
+	for _, r := range Resources {
+		cmd += " --resource " + strings.TrimPrefix(r.Group+"/"+r.Resource, "/")
+	}
+	out, errOut, code := c.ShCode(t, cmd+" --require-none "+gone)
+	if clean && code != 0 || !clean && (code != 1 || !strings.Contains(out+errOut, "/registry/")) {
+		t.Fatalf("kek-census --require-none %s: exit %d, want %s:\n%s%s", gone, code, map[bool]string{true: "0", false: "1 naming objects"}[clean], out, errOut)
 	}
 }
 
@@ -221,8 +310,8 @@ func createSecrets(t testing.TB, l *Load, n int) {
 	}
 }
 
-// rollingRestart restarts each node's API server (and, when all, its kms
-// and etcd member too), one node at a time, drained from the load
+// rollingRestart restarts each node's API server and controller manager
+// (and, when all, its kms and etcd member too), one node at a time, drained from the load
 // meanwhile as a load balancer does. The other two etcd members keep the
 // quorum. After each restart, every node must read what the restarted one
 // writes: mid-way, the others still run the configuration it left.
@@ -230,6 +319,7 @@ func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool) {
 	t.Helper()
 	for i, n := range c.Nodes {
 		l.Drain(i)
+		c.StopControllerManager(t, n)
 		c.StopAPIServer(t, n)
 		if all {
 			c.StopKMS(t, n)
@@ -238,6 +328,7 @@ func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool) {
 			c.StartKMS(t, n)
 		}
 		c.StartAPIServer(t, n)
+		c.StartControllerManagers(t, n)
 		l.Undrain(i)
 		crossRead(t, l.clients, i)
 	}
@@ -263,15 +354,20 @@ func crossRead(t testing.TB, clients []kubernetes.Interface, w int) {
 	}
 }
 
-// waitWrites waits until each API server writes Secrets under provider p
-// and key id: it writes a probe Secret through each with kubectl and reads
-// it back from etcd with etcdctl. KMS v2 API servers take up a new key_id
-// at their next Status call, which a /readyz probe more than 20 s after
-// the last one makes.
-func waitWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
+// checkWrites checks that each API server writes under provider p and key
+// id, as step 3 of docs/rotation.md does: it writes a canary Secret through
+// each with kubectl and reads it back from etcd with etcdctl; for KMS v2
+// the page's own pipeline must find id's hash in the newest to_storage
+// line of the API server's key_id metrics too. A KMS v2 API server takes up
+// a new key_id at its next Status call, at most a minute after the last
+// (sooner when a /readyz probe, which the check sends, comes more than
+// 20 s after the last); upstream bounds the change at 3 minutes (after
+// which an API server that could not see the new key_id fails writes
+// instead), so the check gives up after 3 minutes.
+func checkWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
 	t.Helper()
 	want := p.API + ":" + p.Name + ":" + id
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(3 * time.Minute)
 	pending := map[*node]bool{}
 	for _, n := range c.Nodes {
 		pending[n] = true
@@ -282,16 +378,23 @@ func waitWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
 				continue
 			}
 			c.Get(n.apiURL() + health)
-			probe := "kms-probe-" + n.name
-			c.Sh(t, fmt.Sprintf("kubectl --context %s -n drill delete secret %s --ignore-not-found && kubectl --context %s -n drill create secret generic %s --from-literal=at=%d",
-				n.name, probe, n.name, probe, time.Now().UnixNano()))
-			w := c.StoredKey(t, "/registry/secrets/drill/"+probe)
-			if w == want {
-				delete(pending, n)
+			canary := "kms-canary-" + n.name
+			k := "kubectl --context " + n.name
+			c.Sh(t, fmt.Sprintf("%s -n kube-system delete secret %s --ignore-not-found && %s -n kube-system create secret generic %s --from-literal=at=%d",
+				k, canary, k, canary, time.Now().UnixNano()))
+			if c.StoredKey(t, "/registry/secrets/kube-system/"+canary) != want {
+				continue
 			}
+			if p.API == "v2" {
+				c.Sh(t, "NEW="+id+"; "+k+` get --raw /metrics |
+  grep '^apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{.*transformation_type="to_storage"' |
+  sort -g -k2 | tail -1 |
+  grep -F "key_id_hash=\"sha256:$(printf %s "$NEW" | sha256sum | cut -d' ' -f1)\""`)
+			}
+			delete(pending, n)
 		}
 		if len(pending) > 0 && time.Now().After(deadline) {
-			t.Fatalf("API servers still not writing under %s after 2 minutes: %v", want, pending)
+			t.Fatalf("API servers still not writing under %s after 3 minutes: %v", want, pending)
 		}
 		if len(pending) > 0 {
 			time.Sleep(2 * time.Second)

@@ -14,32 +14,34 @@ import (
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 )
 
-// Stored reads every Secret's value as etcd holds it, with etcdctl, and
-// returns where each is stored, by etcd key: "v2:<provider>:<key_id>" or
-// "v1:<provider>:<key_id>" (for v1 the key_id is the one in the header of
-// kms's ciphertext of the DEK). A value that is not KMS-encrypted fails the
-// test.
+// Stored reads every value of every encrypted resource as etcd holds it,
+// with etcdctl, and returns where each is stored, by etcd key:
+// "v2:<provider>:<key_id>" or "v1:<provider>:<key_id>" (for v1 the key_id
+// is the one in the header of kms's ciphertext of the DEK). A value that is
+// not KMS-encrypted fails the test.
 func (c *Cluster) Stored(t testing.TB) map[string]string {
 	t.Helper()
-	out := c.Sh(t, "etcdctl get /registry/secrets/ --prefix -w json")
-	var resp struct {
-		Kvs []struct{ Key, Value []byte }
-	}
-	if err := json.Unmarshal([]byte(out), &resp); err != nil {
-		t.Fatalf("etcdctl -w json: %v", err)
-	}
 	where := map[string]string{}
-	for _, kv := range resp.Kvs {
-		w, err := whereStored(kv.Value)
-		if err != nil {
-			t.Fatalf("etcd %s: %v", kv.Key, err)
+	for _, r := range Resources {
+		out := c.Sh(t, "etcdctl get "+r.etcdPrefix()+" --prefix -w json")
+		var resp struct {
+			Kvs []struct{ Key, Value []byte }
 		}
-		where[string(kv.Key)] = w
+		if err := json.Unmarshal([]byte(out), &resp); err != nil {
+			t.Fatalf("etcdctl -w json: %v", err)
+		}
+		for _, kv := range resp.Kvs {
+			w, err := whereStored(kv.Value)
+			if err != nil {
+				t.Fatalf("etcd %s: %v", kv.Key, err)
+			}
+			where[string(kv.Key)] = w
+		}
 	}
 	return where
 }
 
-// StoredKey is where the Secret at etcd key is stored (see Stored).
+// StoredKey is where the value at etcd key is stored (see Stored).
 func (c *Cluster) StoredKey(t testing.TB, key string) string {
 	t.Helper()
 	raw := c.Sh(t, "etcdctl get "+key+" --print-value-only")
@@ -82,20 +84,32 @@ func whereStored(v []byte) (string, error) {
 	return "", fmt.Errorf("unknown KMS API %q", api)
 }
 
-// WantStored checks that every Secret in etcd, and at least min of them,
-// is stored under provider p and key_id id, and that what an operator sees
-// with etcdctl (docs/verify.md) says the same.
-func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) {
+// WantStored checks that every value of every encrypted resource in etcd
+// is stored under provider p and key_id id, and that there are at least
+// min[r] values of each resource r; and that what an operator sees of the
+// Secrets with etcdctl (docs/verify.md) says the same.
+func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min map[GroupResource]int) {
 	t.Helper()
 	where := c.Stored(t)
 	want := p.API + ":" + p.Name + ":" + id
-	n := map[string]int{}
-	for _, w := range where {
+	n, per := map[string]int{}, map[GroupResource]int{}
+	for key, w := range where {
 		n[w]++
+		for _, r := range Resources {
+			if strings.HasPrefix(key, r.etcdPrefix()) {
+				per[r]++
+			}
+		}
 	}
-	if n[want] != len(where) || len(where) < min {
-		t.Fatalf("secrets in etcd by where stored: %v; want all (at least %d) at %s", n, min, want)
+	for r, least := range min {
+		if per[r] < least {
+			t.Fatalf("%d %s in etcd, want at least %d", per[r], r, least)
+		}
 	}
+	if n[want] != len(where) {
+		t.Fatalf("values in etcd by where stored: %v; want all %d at %s", n, len(where), want)
+	}
+	secrets := per[GroupResource{"", "secrets"}]
 
 	// The start of one value, and a census of the key_ids of KMS v2 values
 	// (v1 values carry their key id in binary: count their provider
@@ -121,8 +135,8 @@ func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min int) {
 		}
 	}
 	// A value written between the two reads is counted by the second only.
-	if len(got) != 1 || got[census] < len(where) {
-		t.Fatalf("census by etcdctl and grep: %v; want only %s, at least %d", got, census, len(where))
+	if len(got) != 1 || got[census] < secrets {
+		t.Fatalf("census of the Secrets by etcdctl and grep: %v; want only %s, at least %d", got, census, secrets)
 	}
 }
 

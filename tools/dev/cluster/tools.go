@@ -6,5 +6,6 @@ package cluster
 import (
 	_ "go.etcd.io/etcd/etcdctl/v3"
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
