@@ -473,6 +473,9 @@ var faults = map[string]struct {
 	"fault: stop etcd n3": {2, []*regexp.Regexp{
 		// client-go's own 10 s timeout: the API server waits for its etcd.
 		regexp.MustCompile(`^(Get|Post) "[^"]*": (context deadline exceeded|net/http: request canceled)( \(Client\.Timeout exceeded while awaiting headers\))?$`),
+		// Or the API server gives up on its etcd first (seen on a loaded
+		// machine, a write through the faulted node).
+		regexp.MustCompile(`^HTTP 504 Timeout: the server was unable to return a response in the time allotted, but may still be processing the request`),
 	}},
 	"fault: restart kube-apiserver n1": {0, []*regexp.Regexp{
 		regexp.MustCompile(`^(Get|Post) "[^"]*": dial tcp …: connect: connection refused$`),
