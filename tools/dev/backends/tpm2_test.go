@@ -112,10 +112,11 @@ func (s *swtpm) reboot() {
 // killed in flight (by kms's --command-timeout, or by Clevis's sss pin once
 // other pins gave it enough shares) leaves its objects loaded. Each pin in
 // s.pins runs the real one alone on this TPM, under a lock that any process
-// it leaves behind keeps holding, after flushing what an earlier one left:
-// what a resource manager gives each client. The test's clevis and the
-// daemon's, which run the drop-ins' commands unchanged, both find them on
-// PATH (env).
+// it leaves behind keeps holding, after flushing what an earlier one left.
+// The test's clevis and the daemon's, which run the drop-ins' commands
+// unchanged, both find them on PATH (env). A pin waits a minute at most: a
+// lock never released fails it with flock's message instead of hanging the
+// test.
 func (s *swtpm) writePins() {
 	dir := s.t.TempDir()
 	s.pins = filepath.Join(dir, "bin")
@@ -123,13 +124,13 @@ func (s *swtpm) writePins() {
 		s.t.Fatal(err)
 	}
 	for _, pin := range tpm2Pins {
-		real, err := exec.LookPath(pin)
+		target, err := exec.LookPath(pin)
 		if err != nil {
 			s.t.Fatal(err)
 		}
 		script := fmt.Sprintf(`#!/bin/sh
 exec flock -w 60 '%s' sh -c 'tpm2_flushcontext --transient-object && tpm2_flushcontext --loaded-session && exec "$0" "$@"' '%s' "$@"
-`, filepath.Join(dir, "lock"), real)
+`, filepath.Join(dir, "lock"), target)
 		if err := os.WriteFile(filepath.Join(s.pins, pin), []byte(script), 0o700); err != nil {
 			s.t.Fatal(err)
 		}
