@@ -30,8 +30,8 @@ var tpm2Pins = []string{"clevis-encrypt-tpm2", "clevis-decrypt-tpm2"}
 
 // swtpm is a software TPM 2.0 on loopback. tpm2-tools (and so Clevis) reach
 // it with TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=P, which also uses P+1
-// for swtpm's control channel. Its clients find Clevis's tpm2 pins in pins
-// first on PATH (see writePins).
+// for swtpm's control channel. Its clients find Clevis's tpm2 pins in the
+// directory pins, first on their PATH (see writePins).
 type swtpm struct {
 	t     *testing.T
 	state string
@@ -145,8 +145,8 @@ func (s *swtpm) env() []string {
 // path is PATH with the TPM's pins first.
 func (s *swtpm) path() string { return s.pins + string(os.PathListSeparator) + os.Getenv("PATH") }
 
-// use makes this TPM the one the test's tools and daemon use, as a node's
-// find /dev/tpmrm0 by themselves.
+// use makes this TPM the one the test's tools and its daemon use, as on a
+// node they find /dev/tpmrm0 by themselves.
 func (s *swtpm) use() {
 	s.t.Setenv("TPM2TOOLS_TCTI", s.tcti)
 	s.t.Setenv("PATH", s.path())
