@@ -79,15 +79,13 @@ func newNode(t *testing.T, name string) *node {
 }
 
 // run runs a block on the node as written, but for / standing for the
-// node's root directory.
+// node's root directory, with the node's TPM and its pins (see writePins).
 func (n *node) run(t *testing.T, b block) {
 	t.Helper()
 	text := strings.NewReplacer("/etc/", n.root+"/etc/", "/run/", n.root+"/run/").Replace(b.text)
-	// What unseals killed in flight left in swtpm's slots (see flush).
-	n.tpm.flush()
 	cmd := exec.Command("/bin/sh", "-e", "-c", text)
 	cmd.Dir = repo
-	cmd.Env = append(os.Environ(), "PATH="+n.bin+":"+os.Getenv("PATH"), "TPM2TOOLS_TCTI="+n.tpm.tcti, "NODE_ROOT="+n.root)
+	cmd.Env = append(os.Environ(), "PATH="+n.bin+":"+n.tpm.path(), "TPM2TOOLS_TCTI="+n.tpm.tcti, "NODE_ROOT="+n.root)
 	out, err := cmd.CombinedOutput()
 	t.Logf("%s$ %s\n%s", n.name, strings.ReplaceAll(strings.TrimSpace(b.text), "\n", "\n"+n.name+"$ "), out)
 	if err != nil {

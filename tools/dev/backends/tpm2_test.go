@@ -3,6 +3,7 @@ package backends
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -19,18 +20,24 @@ const tpm2Policy = `{"pcr_bank":"sha256","pcr_ids":"7"}`
 // needTPM skips the test when the software TPM, tpm2-tools or Clevis's tpm2
 // pin is missing.
 func needTPM(t *testing.T) {
-	need(t, "swtpm swtpm-tools tpm2-tools clevis clevis-tpm2",
-		"swtpm", "tpm2_pcrextend", "tpm2_createprimary", "clevis", "clevis-encrypt-tpm2", "clevis-decrypt-tpm2")
+	need(t, "swtpm swtpm-tools tpm2-tools clevis clevis-tpm2 util-linux",
+		"swtpm", "tpm2_pcrextend", "tpm2_createprimary", "tpm2_flushcontext", "flock",
+		"clevis", "clevis-encrypt-tpm2", "clevis-decrypt-tpm2")
 }
+
+// tpm2Pins are Clevis's programs that load objects into the TPM.
+var tpm2Pins = []string{"clevis-encrypt-tpm2", "clevis-decrypt-tpm2"}
 
 // swtpm is a software TPM 2.0 on loopback. tpm2-tools (and so Clevis) reach
 // it with TPM2TOOLS_TCTI=swtpm:host=127.0.0.1,port=P, which also uses P+1
-// for swtpm's control channel.
+// for swtpm's control channel. Its clients find Clevis's tpm2 pins in the
+// directory pins, first on their PATH (see writePins).
 type swtpm struct {
 	t     *testing.T
 	state string
 	port  int
 	tcti  string
+	pins  string
 	cmd   *exec.Cmd
 	log   testbin.Buffer
 }
@@ -38,6 +45,7 @@ type swtpm struct {
 func startSWTPM(t *testing.T) *swtpm {
 	s := &swtpm{t: t, state: t.TempDir(), port: freePortPair(t)}
 	s.tcti = fmt.Sprintf("swtpm:host=127.0.0.1,port=%d", s.port)
+	s.writePins()
 	s.boot()
 	t.Cleanup(s.halt)
 	return s
@@ -94,19 +102,55 @@ func (s *swtpm) reboot() {
 	s.boot()
 }
 
-// flush empties the TPM's slots for transient objects and sessions, as the
-// kernel's resource manager (/dev/tpmrm0, which a node's clevis uses) does
-// for every client that closes it. swtpm has none: a tpm2 pin that Clevis's
-// sss pin kills, once other pins gave it enough shares, leaves its objects
-// loaded, and after three the TPM refuses more ("out of memory for object
-// contexts").
-func (s *swtpm) flush() {
-	run(s.t, s.env(), nil, "tpm2_flushcontext", "--transient-object")
-	run(s.t, s.env(), nil, "tpm2_flushcontext", "--loaded-session")
+// writePins stands in for the resource manager swtpm lacks. On a node,
+// Clevis uses /dev/tpmrm0: each client sees only its own transient objects
+// and sessions, and the kernel flushes them when the client exits, however
+// it exits. On swtpm all clients share three object slots, and the tpm2
+// pins' own `tpm2_flushcontext -t` flushes every client's objects. So a
+// test's `clevis encrypt` beside a daemon's `clevis decrypt` fails ("out of
+// memory for object contexts", or its objects flushed under it), and a pin
+// killed in flight (by kms's --command-timeout, or by Clevis's sss pin once
+// other pins gave it enough shares) leaves its objects loaded. Each pin in
+// s.pins runs the real one alone on this TPM, under a lock that any process
+// it leaves behind keeps holding, after flushing what an earlier one left.
+// The test's clevis and the daemon's, which run the drop-ins' commands
+// unchanged, both find them on PATH (env). A pin waits a minute at most: a
+// lock never released fails it with flock's message instead of hanging the
+// test.
+func (s *swtpm) writePins() {
+	dir := s.t.TempDir()
+	s.pins = filepath.Join(dir, "bin")
+	if err := os.Mkdir(s.pins, 0o700); err != nil {
+		s.t.Fatal(err)
+	}
+	for _, pin := range tpm2Pins {
+		target, err := exec.LookPath(pin)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		script := fmt.Sprintf(`#!/bin/sh
+exec flock -w 60 '%s' sh -c 'tpm2_flushcontext --transient-object && tpm2_flushcontext --loaded-session && exec "$0" "$@"' '%s' "$@"
+`, filepath.Join(dir, "lock"), target)
+		if err := os.WriteFile(filepath.Join(s.pins, pin), []byte(script), 0o700); err != nil {
+			s.t.Fatal(err)
+		}
+	}
 }
 
-// env points tpm2-tools and Clevis at this TPM.
-func (s *swtpm) env() []string { return []string{"TPM2TOOLS_TCTI=" + s.tcti} }
+// env points tpm2-tools and Clevis at this TPM, through its pins.
+func (s *swtpm) env() []string {
+	return []string{"TPM2TOOLS_TCTI=" + s.tcti, "PATH=" + s.path()}
+}
+
+// path is PATH with the TPM's pins first.
+func (s *swtpm) path() string { return s.pins + string(os.PathListSeparator) + os.Getenv("PATH") }
+
+// use makes this TPM the one the test's tools and its daemon use, as on a
+// node they find /dev/tpmrm0 by themselves.
+func (s *swtpm) use() {
+	s.t.Setenv("TPM2TOOLS_TCTI", s.tcti)
+	s.t.Setenv("PATH", s.path())
+}
 
 // changePCR7 extends PCR 7, as booting with another Secure Boot state would.
 func (s *swtpm) changePCR7() {
@@ -120,13 +164,10 @@ func (s *swtpm) changePCR7() {
 func TestTPM2(t *testing.T) {
 	needTPM(t)
 	tpm := startSWTPM(t)
-	// The daemon's KEK command inherits this, as on a node it would find
-	// /dev/tpmrm0 by itself.
-	t.Setenv("TPM2TOOLS_TCTI", tpm.tcti)
+	tpm.use()
 	creds := t.TempDir()
 	ring, primary := newKeyring(t)
 	seal := func(ring []byte) {
-		tpm.flush() // what unseals killed in flight left loaded (see flush)
 		writeFile(t, filepath.Join(creds, "kek.jwe"), run(t, nil, ring, "clevis", "encrypt", "tpm2", tpm2Policy))
 	}
 	seal(ring)
