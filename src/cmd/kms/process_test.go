@@ -68,26 +68,36 @@ func TestReapsOrphansAsPID1(t *testing.T) {
 		t.Errorf("kms did not say that it reaps orphans as PID 1:\n%s", d.Stderr())
 	}
 
-	for range 20 { // quick runs, each leaving an orphan
+	// Each SIGHUP waits for the run it caused, so that none is folded into
+	// the run before it and the counts below are exact.
+	url := healthURL(t, d)
+	current := func() scraped { return scrape(t, url) }
+	outcome := func(m scraped, o string) float64 { return m.value(t, "kms_kek_command_runs_total", "outcome="+o) }
+	ended := func(m scraped) float64 {
+		return outcome(m, "success") + outcome(m, "failed") + outcome(m, "timeout") + outcome(m, "invalid_output")
+	}
+	refresh := func() {
+		t.Helper()
+		n := ended(current())
 		d.Signal(syscall.SIGHUP)
-		time.Sleep(50 * time.Millisecond)
+		testbin.WaitFor(t, "the run a SIGHUP asked for", 30*time.Second, func() bool { return ended(current()) > n })
+	}
+	for range 20 { // quick runs, each leaving an orphan
+		refresh()
 	}
 	os.WriteFile(hang, nil, 0o600)
 	for range 5 { // runs killed at the command timeout
-		d.Signal(syscall.SIGHUP)
-		time.Sleep(1200 * time.Millisecond)
+		refresh()
 	}
 	os.Remove(hang)
-	d.Signal(syscall.SIGHUP)
-	time.Sleep(1500 * time.Millisecond)
-	if n := zombies(t, pid); n != 0 {
-		t.Errorf("%d zombies under kms (PID 1) after 26 runs", n)
-	}
-	m := scrape(t, healthURL(t, d))
-	ok, failed := m.value(t, "kms_kek_command_runs_total", "outcome=success"), m.value(t, "kms_kek_command_runs_total", "outcome=failed")
-	timeouts := m.value(t, "kms_kek_command_runs_total", "outcome=timeout")
-	if failed != 0 || timeouts < 4 || ok < 2 {
-		t.Errorf("runs: %v success, %v failed, %v timeout; a failure means a run's exit status was taken by the reaper", ok, failed, timeouts)
+	refresh()
+	// A zombie lives from its exit to its reaping: wait out the last
+	// run's orphan, which exits 0.1 s after the run.
+	testbin.WaitFor(t, "no zombies under kms (PID 1) after 27 runs", 10*time.Second, func() bool { return zombies(t, pid) == 0 })
+	m := current()
+	ok, failed, timeouts := outcome(m, "success"), outcome(m, "failed"), outcome(m, "timeout")
+	if failed != 0 || timeouts != 5 || ok != 22 {
+		t.Errorf("runs: %v success, %v failed, %v timeout, want 22, 0, 5; a failure means a run's exit status was taken by the reaper", ok, failed, timeouts)
 	}
 	keyStatus(t, d)
 }
