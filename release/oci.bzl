@@ -1,22 +1,25 @@
 """Rules that build the release image, in the spirit of rules_oci but offline.
 
 rules_oci cannot work here (its toolchains download crane/regctl/jq and its bases come from
-public registries), so the steps are Go code (//release/cmd/imagebuilder, built by Bazel):
+public registries), so the steps are Go code (//release/cmd/imagebuilder, built by Bazel).
+The rules are named kms_oci_*, not rules_oci's oci_image, oci_push...: theirs take other
+attributes, and a reader (or a later move to rules_oci) must not mistake one for the other.
 
-    distroless_base   Debian debs (pinned) -> base layer: users, /tmp, CA bundle, zoneinfo
-    binary_layer      go_binary targets    -> layer of static binaries under /usr/bin, built
-                                              for one architecture (cross-compiled if need be)
-    oci_image         layers               -> OCI image layout (directory) + digest file
-    oci_index         oci_image per arch   -> OCI image index layout (the release image)
-    oci_archive       oci_index            -> OCI archive (tar of the layout)
-    spdx_sbom         oci_index            -> SPDX 2.3 JSON of its Go modules and debs
-    oci_push          oci_index            -> `bazel run` target that pushes to a registry
-    oci_image_test    oci_index            -> runs one platform's entrypoint from its unpacked
-                                              root filesystem (needs root: chroot), under a
-                                              qemu-user emulator for a foreign architecture
-    deb_file          a Debian package     -> one file of it (the emulator)
-    linux_packages    binary_layer + files -> kms_VERSION_ARCH.deb and kms-VERSION-1.ARCH.rpm
-                                              (//release/cmd/packager)
+
+    distroless_base     Debian debs (pinned) -> base layer: users, /tmp, CA bundle, zoneinfo
+    binary_layer        go_binary targets    -> layer of static binaries under /usr/bin, built
+                                                for one architecture (cross-compiled if need be)
+    kms_oci_image       layers               -> OCI image layout (directory) + digest file
+    kms_oci_index       kms_oci_image per arch -> OCI image index layout (the release image)
+    kms_oci_archive     kms_oci_index        -> OCI archive (tar of the layout)
+    spdx_sbom           kms_oci_index        -> SPDX 2.3 JSON of its Go modules and debs
+    kms_oci_push        kms_oci_index        -> `bazel run` target that pushes to a registry
+    kms_oci_image_test  kms_oci_index        -> runs one platform's entrypoint from its unpacked
+                                                root filesystem (needs root: chroot), under a
+                                                qemu-user emulator for a foreign architecture
+    deb_file            a Debian package     -> one file of it (the emulator)
+    linux_packages      binary_layer + files -> kms_VERSION_ARCH.deb and kms-VERSION-1.ARCH.rpm
+                                                (//release/cmd/packager)
 
 Every output is reproducible. Plain builds use version "devel" (what `kms --version` says
 then) and time 0; --stamp builds take the version, commit and SOURCE_DATE_EPOCH (or last
@@ -37,7 +40,7 @@ OciLayerInfo = provider(
 )
 
 OciImageInfo = provider(
-    doc = "An OCI image layout made by oci_image (one image) or oci_index (an image index).",
+    doc = "An OCI image layout made by kms_oci_image (one image) or kms_oci_index (an image index).",
     fields = {
         "layout": "File (directory): the OCI image layout",
         "digest": "File: the manifest or index digest, sha256:...",
@@ -214,7 +217,7 @@ def binary_layer(name, binaries, arch, **kwargs):
     """
     _binary_layer(name = name, binaries = binaries, arch = arch, stamp = _stamped(), **kwargs)
 
-def _oci_image_impl(ctx):
+def _kms_oci_image_impl(ctx):
     layout = ctx.actions.declare_directory(ctx.label.name)
     digest = ctx.actions.declare_file(ctx.label.name + ".digest")
     args = ctx.actions.args()
@@ -251,8 +254,8 @@ def _oci_image_impl(ctx):
         OciImageInfo(layout = layout, digest = digest, binaries = binaries, locks = locks),
     ]
 
-_oci_image = rule(
-    implementation = _oci_image_impl,
+_kms_oci_image = rule(
+    implementation = _kms_oci_image_impl,
     attrs = {
         "layers": attr.label_list(mandatory = True, providers = [OciLayerInfo]),
         "entrypoint": attr.string_list(mandatory = True),
@@ -264,7 +267,7 @@ _oci_image = rule(
     },
 )
 
-def oci_image(name, layers, entrypoint, **kwargs):
+def kms_oci_image(name, layers, entrypoint, **kwargs):
     """An OCI image layout running ENTRYPOINT as 65532:65532, for one platform.
 
     Args:
@@ -274,9 +277,9 @@ def oci_image(name, layers, entrypoint, **kwargs):
       **kwargs: title, source (repository URL), licenses (SPDX expression) for the
         org.opencontainers.image.* annotations, and common attributes.
     """
-    _oci_image(name = name, layers = layers, entrypoint = entrypoint, stamp = _stamped(), **kwargs)
+    _kms_oci_image(name = name, layers = layers, entrypoint = entrypoint, stamp = _stamped(), **kwargs)
 
-def _oci_index_impl(ctx):
+def _kms_oci_index_impl(ctx):
     layout = ctx.actions.declare_directory(ctx.label.name)
     digest = ctx.actions.declare_file(ctx.label.name + ".digest")
     args = ctx.actions.args()
@@ -303,9 +306,9 @@ def _oci_index_impl(ctx):
         OciImageInfo(layout = layout, digest = digest, binaries = binaries, locks = locks),
     ]
 
-oci_index = rule(
-    implementation = _oci_index_impl,
-    doc = """An OCI image index of oci_image targets, one per platform: the layout directory
+kms_oci_index = rule(
+    implementation = _kms_oci_index_impl,
+    doc = """An OCI image index of kms_oci_image targets, one per platform: the layout directory
 NAME (named TITLE:VERSION, e.g. kms:v1.2.3, for `podman load`) and NAME.digest. The images
 must be one build (equal annotations); the index carries their annotations too.""",
     attrs = {
@@ -314,7 +317,7 @@ must be one build (equal annotations); the index carries their annotations too."
     },
 )
 
-def _oci_archive_impl(ctx):
+def _kms_oci_archive_impl(ctx):
     out = ctx.actions.declare_file(ctx.label.name + ".tar")
     layout = ctx.attr.image[OciImageInfo].layout
     ctx.actions.run(
@@ -327,8 +330,8 @@ def _oci_archive_impl(ctx):
     )
     return [DefaultInfo(files = depset([out]))]
 
-oci_archive = rule(
-    implementation = _oci_archive_impl,
+kms_oci_archive = rule(
+    implementation = _kms_oci_archive_impl,
     doc = "The image index as an OCI archive (NAME.tar): `podman load -i NAME.tar`, `skopeo copy oci-archive:NAME.tar ...`.",
     attrs = {
         "image": attr.label(mandatory = True, providers = [OciImageInfo]),
@@ -379,7 +382,7 @@ def spdx_sbom(name, image, **kwargs):
 
     Args:
       name: target name.
-      image: an oci_index (or oci_image) target; binaries of every platform are listed.
+      image: an kms_oci_index (or kms_oci_image) target; binaries of every platform are listed.
       **kwargs: title, licenses, and common attributes.
     """
     _spdx_sbom(name = name, image = image, stamp = _stamped(), **kwargs)
@@ -410,11 +413,11 @@ exec "$runfiles/{ws}/{tool}" --layout "$runfiles/{ws}/{layout}" {extra} "$@"
 def _shell_quote(s):
     return "'" + s.replace("'", "'\\''") + "'"
 
-def _oci_push_impl(ctx):
+def _kms_oci_push_impl(ctx):
     return [_runner(ctx, ctx.executable._tool, ctx.attr.image[OciImageInfo], [])]
 
-oci_push = rule(
-    implementation = _oci_push_impl,
+kms_oci_push = rule(
+    implementation = _kms_oci_push_impl,
     executable = True,
     doc = """`bazel run NAME -- --repository HOST/NAME[:TAG]` pushes the image index and prints
 HOST/NAME@sha256:... . Plain HTTP only for loopback registries.""",
@@ -424,7 +427,7 @@ HOST/NAME@sha256:... . Plain HTTP only for loopback registries.""",
     },
 )
 
-def _oci_image_test_impl(ctx):
+def _kms_oci_image_test_impl(ctx):
     args = ["--arch", ctx.attr.arch, "--kek-command", ctx.attr.kek_command]
     files = []
     if ctx.file.emulator:
@@ -433,8 +436,8 @@ def _oci_image_test_impl(ctx):
         files.append(ctx.file.emulator)
     return [_runner(ctx, ctx.executable._tool, ctx.attr.image[OciImageInfo], args, files)]
 
-_oci_image_test = rule(
-    implementation = _oci_image_test_impl,
+_kms_oci_image_test = rule(
+    implementation = _kms_oci_image_test_impl,
     test = True,
     attrs = {
         "image": attr.label(mandatory = True, providers = [OciImageInfo]),
@@ -445,7 +448,7 @@ _oci_image_test = rule(
     },
 )
 
-def oci_image_test(name, image, arch, kek_command, emulator = None, tags = [], **kwargs):
+def kms_oci_image_test(name, image, arch, kek_command, emulator = None, tags = [], **kwargs):
     """Unpacks the linux/ARCH image of an index and runs its entrypoint with chroot as
     65532:65532, then drives the daemon over its socket (KMS v2 and v1beta1).
 
@@ -454,7 +457,7 @@ def oci_image_test(name, image, arch, kek_command, emulator = None, tags = [], *
 
     Args:
       name: target name.
-      image: an oci_index target.
+      image: an kms_oci_index target.
       arch: the platform's architecture.
       kek_command: the daemon's --command inside the image (no shell there: word-split).
       emulator: a static qemu-user binary for ARCH, when ARCH is not the machine's: it runs
@@ -462,7 +465,7 @@ def oci_image_test(name, image, arch, kek_command, emulator = None, tags = [], *
       tags: more tags.
       **kwargs: common test attributes.
     """
-    _oci_image_test(
+    _kms_oci_image_test(
         name = name,
         image = image,
         arch = arch,

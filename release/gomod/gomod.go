@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+
+	"golang.org/x/mod/modfile"
 )
 
 // File is a parsed go.mod. Since Go 1.17 go.mod lists every module that
@@ -19,33 +21,19 @@ type File struct {
 // Parse reads a go.mod. Replace directives are refused: a replaced module's
 // source is not what its version names.
 func Parse(b []byte) (File, error) {
-	m := File{Versions: map[string]string{}}
-	inRequire := false
-	for i, line := range strings.Split(string(b), "\n") {
-		if c := strings.Index(line, "//"); c >= 0 {
-			line = line[:c]
-		}
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 0:
-		case inRequire && f[0] == ")":
-			inRequire = false
-		case inRequire && len(f) == 2:
-			m.Versions[f[0]] = f[1]
-		case f[0] == "module" && len(f) == 2:
-			m.Main = f[1]
-		case f[0] == "require" && len(f) == 2 && f[1] == "(":
-			inRequire = true
-		case f[0] == "require" && len(f) == 3:
-			m.Versions[f[1]] = f[2]
-		case f[0] == "replace":
-			return m, fmt.Errorf("go.mod:%d: replace directives are not supported", i+1)
-		case inRequire:
-			return m, fmt.Errorf("go.mod:%d: cannot parse %q", i+1, line)
-		}
+	f, err := modfile.Parse("go.mod", b, nil)
+	if err != nil {
+		return File{}, err
 	}
-	if m.Main == "" {
-		return m, fmt.Errorf("go.mod has no module line")
+	if f.Module == nil {
+		return File{}, fmt.Errorf("go.mod has no module line")
+	}
+	if len(f.Replace) > 0 {
+		return File{}, fmt.Errorf("go.mod:%d: replace directives are not supported", f.Replace[0].Syntax.Start.Line)
+	}
+	m := File{Main: f.Module.Mod.Path, Versions: map[string]string{}}
+	for _, r := range f.Require {
+		m.Versions[r.Mod.Path] = r.Mod.Version
 	}
 	return m, nil
 }

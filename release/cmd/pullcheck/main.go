@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -17,6 +16,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/release/loopback"
 	"github.com/cmdkms/kms/src/cli"
 )
 
@@ -48,7 +48,7 @@ func check(layoutDir, ref string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if host := d.RegistryStr(); !isLoopback(host) {
+	if host := d.RegistryStr(); !loopback.Host(host) {
 		return fmt.Errorf("%s is not a loopback registry", host)
 	}
 	local, err := imagebuilder.ReadIndex(layoutDir)
@@ -135,13 +135,4 @@ func compressed(l v1.Layer) func() ([]byte, error) {
 		defer rc.Close()
 		return io.ReadAll(rc)
 	}
-}
-
-func isLoopback(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		host = hostport
-	}
-	ip := net.ParseIP(host)
-	return host == "localhost" || (ip != nil && ip.IsLoopback())
 }

@@ -3,16 +3,13 @@
 // `tools/bazel run //release:push -- --repository HOST/NAME[:TAG]` runs it
 // on the layout Bazel built.
 //
-// Plain HTTP is used only for loopback registries (127.0.0.0/8, ::1,
-// localhost): everything else must speak TLS, so a typo or a spoofed name
-// never sends the image, or registry credentials, in the clear.
+// Plain HTTP is used only for loopback registries (see release/loopback):
+// everything else must speak TLS.
 package main
 
 import (
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"os"
 	"strings"
 
@@ -22,6 +19,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/release/loopback"
 	"github.com/cmdkms/kms/src/cli"
 )
 
@@ -78,7 +76,7 @@ func push(layoutDir, repository string) (string, error) {
 	}
 	opts := []remote.Option{
 		remote.WithAuthFromKeychain(authn.DefaultKeychain),
-		remote.WithTransport(loopbackOnlyHTTP{remote.DefaultTransport}),
+		remote.WithTransport(loopback.OnlyHTTP(remote.DefaultTransport)),
 	}
 	if err := remote.WriteIndex(target, idx, opts...); err != nil {
 		return "", err
@@ -92,24 +90,4 @@ func push(layoutDir, repository string) (string, error) {
 		return "", fmt.Errorf("registry serves %s for %s, pushed %s", desc.Digest, target, digest)
 	}
 	return ref.Context().Digest(digest.String()).String(), nil
-}
-
-// loopbackOnlyHTTP refuses plain-HTTP requests to anything but loopback.
-// go-containerregistry itself falls back to HTTP for private-range
-// addresses too, which is too trusting for a release push.
-type loopbackOnlyHTTP struct{ next http.RoundTripper }
-
-func (t loopbackOnlyHTTP) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.URL.Scheme == "http" && !isLoopback(r.URL.Hostname()) {
-		return nil, fmt.Errorf("refusing plain HTTP to %s: only loopback registries may skip TLS", r.URL.Host)
-	}
-	return t.next.RoundTrip(r)
-}
-
-func isLoopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

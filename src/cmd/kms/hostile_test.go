@@ -39,9 +39,14 @@ func TestIdleConnectionsAreBounded(t *testing.T) {
 		}
 		idle = append(idle, c)
 	}
-	time.Sleep(500 * time.Millisecond)
+	// The daemon takes connections up to its limit and leaves the rest in the
+	// listen queue: measure once it has taken all it will.
+	var open float64
+	testbin.WaitFor(t, "the daemon to take its connections", 30*time.Second, func() bool {
+		open = scrape(t, metrics).value(t, "kms_connections")
+		return open >= transport.MaxConnections
+	})
 	rss := testbin.ProcStatus(t, pid, "VmRSS")
-	open := scrape(t, metrics).value(t, "kms_connections")
 	t.Logf("%d idle connections: the daemon has %v open, RSS %.1f MiB", n, open, float64(rss)/(1<<20))
 	if open != transport.MaxConnections {
 		t.Errorf("kms_connections %v, want the limit, %d", open, transport.MaxConnections)

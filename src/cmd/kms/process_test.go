@@ -68,26 +68,33 @@ func TestReapsOrphansAsPID1(t *testing.T) {
 		t.Errorf("kms did not say that it reaps orphans as PID 1:\n%s", d.Stderr())
 	}
 
-	for range 20 { // quick runs, each leaving an orphan
+	// Each SIGHUP waits for a run with the outcome it should have, so that
+	// none is folded into the run before it. (A failed run is also retried
+	// by itself, with backoff: there may be more timeouts than SIGHUPs.)
+	url := healthURL(t, d)
+	runs := func(outcome string) float64 {
+		return scrape(t, url).value(t, "kms_kek_command_runs_total", "outcome="+outcome)
+	}
+	refresh := func(outcome string) {
+		t.Helper()
+		n := runs(outcome)
 		d.Signal(syscall.SIGHUP)
-		time.Sleep(50 * time.Millisecond)
+		testbin.WaitFor(t, "a run ending in "+outcome, 30*time.Second, func() bool { return runs(outcome) > n })
+	}
+	for range 20 { // quick runs, each leaving an orphan
+		refresh("success")
 	}
 	os.WriteFile(hang, nil, 0o600)
 	for range 5 { // runs killed at the command timeout
-		d.Signal(syscall.SIGHUP)
-		time.Sleep(1200 * time.Millisecond)
+		refresh("timeout")
 	}
 	os.Remove(hang)
-	d.Signal(syscall.SIGHUP)
-	time.Sleep(1500 * time.Millisecond)
-	if n := zombies(t, pid); n != 0 {
-		t.Errorf("%d zombies under kms (PID 1) after 26 runs", n)
-	}
-	m := scrape(t, healthURL(t, d))
-	ok, failed := m.value(t, "kms_kek_command_runs_total", "outcome=success"), m.value(t, "kms_kek_command_runs_total", "outcome=failed")
-	timeouts := m.value(t, "kms_kek_command_runs_total", "outcome=timeout")
-	if failed != 0 || timeouts < 4 || ok < 2 {
-		t.Errorf("runs: %v success, %v failed, %v timeout; a failure means a run's exit status was taken by the reaper", ok, failed, timeouts)
+	refresh("success")
+	// A zombie lives from its exit to its reaping: wait out the last
+	// run's orphan, which exits 0.1 s after the run.
+	testbin.WaitFor(t, "no zombies under kms (PID 1) after 27 runs", 10*time.Second, func() bool { return zombies(t, pid) == 0 })
+	if failed := runs("failed"); failed != 0 {
+		t.Errorf("%v runs failed: a run's exit status was taken by the reaper", failed)
 	}
 	keyStatus(t, d)
 }

@@ -69,25 +69,25 @@ func TestTimeoutLimits(t *testing.T) {
 // read the keyring before the operator changed it, so another run follows.
 func TestSIGHUPDuringARefresh(t *testing.T) {
 	dir := testbin.ShortDir(t)
-	sock, ring, slow := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring"), filepath.Join(dir, "slow")
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring")
+	hold, read := filepath.Join(dir, "hold"), filepath.Join(dir, "read")
 	a, b := testbin.NewKey(), testbin.NewKey()
 	testbin.WriteKeyring(t, ring, a)
-	// The keyring is read at once; the run then takes its time.
-	cmd := fmt.Sprintf(`k=$(cat %s); if [ -e %s ]; then sleep 2; fi; printf '%%s\n' "$k"`, ring, slow)
+	// While hold exists, a run reads the keyring, says so, and waits until
+	// hold is removed: the test, not the scheduler, decides when it ends.
+	cmd := fmt.Sprintf(`k=$(cat %[1]s); if [ -e %[2]s ]; then touch %[3]s; while [ -e %[2]s ]; do sleep 0.01; done; fi; printf '%%s\n' "$k"`, ring, hold, read)
 	d := startDaemon(t, sock, "--command", cmd)
 	before := keyStatus(t, d).KeyId
-	os.WriteFile(slow, nil, 0o600)
+	os.WriteFile(hold, nil, 0o600)
 	d.Signal(syscall.SIGHUP)
-	time.Sleep(500 * time.Millisecond) // the run has read the old keyring and sleeps
+	testbin.WaitFor(t, "the run to read the old keyring", 30*time.Second, func() bool { return exists(read) })
 	testbin.WriteKeyring(t, ring, b, a)
 	d.Signal(syscall.SIGHUP)
-	os.Remove(slow)
-	testbin.WaitFor(t, "the rotated keyring to be served", 15*time.Second, func() bool {
+	d.WaitLog(t, "runs again when this run ends", 30*time.Second)
+	os.Remove(hold)
+	testbin.WaitFor(t, "the rotated keyring to be served", 30*time.Second, func() bool {
 		return keyStatus(t, d).KeyId != before
 	})
-	if !strings.Contains(d.Stderr(), "runs again when this run ends") {
-		t.Errorf("the second SIGHUP was not reported as queued:\n%s", d.Stderr())
-	}
 }
 
 // A SIGHUP before the first run has finished neither kills the daemon nor
@@ -95,11 +95,17 @@ func TestSIGHUPDuringARefresh(t *testing.T) {
 func TestSIGHUPBeforeTheFirstRun(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock, ring, counter := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "ring"), filepath.Join(dir, "runs")
+	begun, release := filepath.Join(dir, "begun"), filepath.Join(dir, "release")
 	testbin.WriteKeyring(t, ring, testbin.NewKey())
-	cmd := exec.Command(testbin.KMS(t), "--command", "sleep 1; "+countingCommand(ring, counter), "--endpoint", "unix://"+sock)
+	// The first run says it has begun (kms handles SIGHUP from before it
+	// starts the command) and waits for the test to release it.
+	command := fmt.Sprintf("touch %s; while [ ! -e %s ]; do sleep 0.01; done; %s", begun, release, countingCommand(ring, counter))
+	cmd := exec.Command(testbin.KMS(t), "--command", command, "--endpoint", "unix://"+sock)
 	p := testbin.Start(t, cmd, "")
-	time.Sleep(300 * time.Millisecond)
+	testbin.WaitFor(t, "the first run to begin", 60*time.Second, func() bool { return exists(begun) })
 	p.Signal(syscall.SIGHUP)
+	p.WaitLog(t, "SIGHUP: running the KEK command", 30*time.Second)
+	os.WriteFile(release, nil, 0o600)
 	p.WaitLog(t, testbin.Ready, 30*time.Second)
 	testbin.WaitFor(t, "the run the SIGHUP asked for", 15*time.Second, func() bool { return runs(t, counter) == 2 })
 	connect(t, p, sock)
@@ -110,7 +116,9 @@ func TestSIGHUPBeforeTheFirstRun(t *testing.T) {
 func TestSIGTERMDuringTheFirstRun(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock := filepath.Join(dir, "kms.sock")
-	marker := fmt.Sprintf("sleep 4%d", os.Getpid()%1000)
+	// The command's processes are known by a path of this test's own, so that
+	// no other test's (or package's) sleep is counted.
+	marker := uniqueSleep(t, dir) + " 400"
 	cmd := exec.Command(testbin.KMS(t), "--command", marker+" & "+marker, "--command-timeout", "50s", "--endpoint", "unix://"+sock)
 	p := testbin.Start(t, cmd, "")
 	testbin.WaitFor(t, "the command to run", 30*time.Second, func() bool { return testbin.CountProcs(marker) == 2 })
@@ -128,4 +136,24 @@ func TestSIGTERMDuringTheFirstRun(t *testing.T) {
 	if !strings.Contains(p.Stderr(), "stopped before the first KEK was loaded") {
 		t.Errorf("log:\n%s", p.Stderr())
 	}
+}
+
+// uniqueSleep links sleep(1) into dir, so that the processes it runs can be
+// told apart by their command line (see testbin.CountProcs).
+func uniqueSleep(t *testing.T, dir string) string {
+	t.Helper()
+	bin, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "sleep")
+	if err := os.Symlink(bin, link); err != nil {
+		t.Fatal(err)
+	}
+	return link
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"log"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/cmdkms/kms/release/imagebuilder"
+)
+
+// An index in go-containerregistry's own registry on loopback checks
+// against its layout, and not against another's; a registry that is not on
+// loopback is refused before anything is sent.
+func TestPullcheck(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	var refs, layouts []string
+	for range 2 {
+		idx, err := random.Index(512, 2, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := filepath.Join(t.TempDir(), "layout")
+		if err := imagebuilder.WriteLayout(dir, idx, ""); err != nil {
+			t.Fatal(err)
+		}
+		digest, err := idx.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, err := name.NewDigest(host + "/kms@" + digest.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := remote.WriteIndex(ref, idx); err != nil {
+			t.Fatal(err)
+		}
+		refs, layouts = append(refs, ref.String()), append(layouts, dir)
+	}
+	check := func(layout, ref string) (int, string) {
+		var out, errOut bytes.Buffer
+		code := run([]string{"--layout", layout, "--reference", ref}, &out, &errOut)
+		return code, out.String() + errOut.String()
+	}
+	if code, out := check(layouts[0], refs[0]); code != 0 || strings.Count(out, "byte-equal") != 3 {
+		t.Errorf("its own layout: exit %d:\n%s", code, out)
+	}
+	if code, out := check(layouts[0], refs[1]); code != 1 || !strings.Contains(out, "the registry's index differs") {
+		t.Errorf("another layout: exit %d:\n%s", code, out)
+	}
+	other := "10.0.0.1:5000/kms@" + v1.Hash{Algorithm: "sha256", Hex: strings.Repeat("0", 64)}.String()
+	if code, out := check(layouts[0], other); code != 1 || !strings.Contains(out, "not a loopback registry") {
+		t.Errorf("%s: exit %d:\n%s", other, code, out)
+	}
+}
