@@ -271,11 +271,10 @@ func TestSocketRules(t *testing.T) {
 	keyStatus(t, d) // the first still serves
 }
 
-// systemd socket activation: fd 3, LISTEN_FDS=1, LISTEN_PID = the daemon.
-func TestSystemdActivation(t *testing.T) {
-	dir := testbin.ShortDir(t)
-	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
-	testbin.WriteKeyring(t, ring, testbin.NewKey())
+// startActivated starts kms as systemd socket activation does, on a socket
+// it makes at sock: fd 3, LISTEN_FDS=1, LISTEN_PID = the daemon.
+func startActivated(t *testing.T, sock string, args ...string) *daemon {
+	t.Helper()
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
@@ -283,11 +282,18 @@ func TestSystemdActivation(t *testing.T) {
 	l.SetUnlinkOnClose(false)
 	f, _ := l.File()
 	l.Close()
+	defer f.Close()
 	// The shell's pid survives exec, so LISTEN_PID can name the daemon.
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, testbin.KMS(t), "--command", "cat "+ring)
+	cmd := exec.Command("/bin/sh", append([]string{"-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, testbin.KMS(t)}, args...)...)
 	cmd.ExtraFiles = []*os.File{f}
-	d := connect(t, testbin.Start(t, cmd, testbin.Ready), sock)
-	f.Close()
+	return connect(t, testbin.Start(t, cmd, testbin.Ready), sock)
+}
+
+func TestSystemdActivation(t *testing.T) {
+	dir := testbin.ShortDir(t)
+	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
+	testbin.WriteKeyring(t, ring, testbin.NewKey())
+	d := startActivated(t, sock, "--command", "cat "+ring)
 	if code := d.Stop(t, syscall.SIGTERM); code != 0 {
 		t.Fatalf("exit %d:\n%s", code, d.Stderr())
 	}

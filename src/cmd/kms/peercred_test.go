@@ -5,8 +5,6 @@ package main
 
 import (
 	"context"
-	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -36,25 +34,7 @@ const (
 // processes of other users can run it.
 func sharedBinary(t *testing.T, dir string) string {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run processes as other users")
-	}
-	src, err := os.Open(testbin.KMS(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer src.Close()
-	bin := filepath.Join(dir, "kms")
-	dst, err := os.OpenFile(bin, os.O_CREATE|os.O_WRONLY, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(dst, src); err != nil {
-		t.Fatal(err)
-	}
-	if err := dst.Close(); err != nil {
-		t.Fatal(err)
-	}
+	bin := copyKMS(t, dir)
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -159,18 +139,8 @@ func TestAllowUIDWithSystemdSocket(t *testing.T) {
 	dir := testbin.ShortDir(t)
 	sock, ring := filepath.Join(dir, "kms.sock"), filepath.Join(dir, "keyring")
 	testbin.WriteKeyring(t, ring, testbin.NewKey())
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	f, _ := l.File()
-	l.Close()
 	uid := strconv.Itoa(os.Geteuid() + 1)
-	cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$ LISTEN_FDS=1 exec "$0" "$@"`, testbin.KMS(t), "--command", "cat "+ring, "--allow-uid", uid)
-	cmd.ExtraFiles = []*os.File{f}
-	d := connect(t, testbin.Start(t, cmd, testbin.Ready), sock)
-	f.Close()
+	d := startActivated(t, sock, "--command", "cat "+ring, "--allow-uid", uid)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if _, err := d.v2.Status(ctx, &v2.StatusRequest{}); err == nil {

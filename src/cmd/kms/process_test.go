@@ -103,8 +103,19 @@ func TestReapsOrphansAsPID1(t *testing.T) {
 // makes dir theirs.
 func unprivileged(t *testing.T, dir string) string {
 	t.Helper()
+	bin := copyKMS(t, dir)
+	if err := os.Chown(dir, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// copyKMS copies the kms binary into dir, 0755, for tests that run it as
+// other users (which only root can); dir's owner and mode are the caller's.
+func copyKMS(t *testing.T, dir string) string {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to run processes as another user")
+		t.Skip("needs root to run processes as other users")
 	}
 	src, err := os.Open(testbin.KMS(t))
 	if err != nil {
@@ -119,8 +130,7 @@ func unprivileged(t *testing.T, dir string) string {
 	if _, err := io.Copy(dst, src); err != nil {
 		t.Fatal(err)
 	}
-	dst.Close()
-	if err := os.Chown(dir, nobody, nobody); err != nil {
+	if err := dst.Close(); err != nil {
 		t.Fatal(err)
 	}
 	return bin
