@@ -161,8 +161,9 @@ func TestHealthAndMetrics(t *testing.T) {
 			t.Errorf("%s = %v, want %v", name, got, want)
 		}
 	}
-	if got := m.value(t, "kms_kek_command_runs_total", "outcome=success"); got != 1 {
-		t.Errorf("successful runs %v, want 1", got)
+	// The first run, and on a slow machine perhaps a refresh (every 1.2 s).
+	if got := m.value(t, "kms_kek_command_runs_total", "outcome=success"); got < 1 {
+		t.Errorf("successful runs %v, want at least 1", got)
 	}
 	for id, role := range map[string]string{keyID(k1): "primary", keyID(k2): "listed"} {
 		if got := m.value(t, "kms_kek_key_info", "key_id="+id, "role="+role); got != 1 {
