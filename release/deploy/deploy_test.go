@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -325,6 +326,21 @@ func podArgs(t *testing.T) []string {
 	return args
 }
 
+// nonRootArgs are the manifest's arguments as docs/airgap.md has them
+// changed for an API server of uid: --allow-uid names that uid, not root.
+func nonRootArgs(t *testing.T, uid int) []string {
+	t.Helper()
+	args := podArgs(t)
+	for i, a := range args {
+		if a == "--allow-uid=0" {
+			args[i] = "--allow-uid=" + strconv.Itoa(uid)
+			return args
+		}
+	}
+	t.Fatalf("the manifest has no --allow-uid=0 to change: %q", args)
+	return nil
+}
+
 // podCommand runs the daemon as the pod's user, with no capabilities.
 func podCommand(kms, kek, sock string, args []string) *exec.Cmd {
 	cmd := exec.Command(kms, append(args, "--command=cat "+kek, "--endpoint=unix://"+sock)...)
@@ -400,7 +416,7 @@ func TestNonRootAPIServer(t *testing.T) {
 			t.Fatalf("systemd-tmpfiles: %v\n%s", err, out)
 		}
 		sock := filepath.Join(root, socket)
-		d := testbin.Start(t, podCommand(kms, kek, sock, append(podArgs(t), "--socket-mode=0660")), "serving KMS")
+		d := testbin.Start(t, podCommand(kms, kek, sock, append(nonRootArgs(t, apiserver), "--socket-mode=0660")), "serving KMS")
 		status := exec.Command(kms, "status", "--endpoint", "unix://"+sock)
 		status.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: apiserver, Gid: apiserver, Groups: []uint32{nonroot}}}
 		out, err := status.CombinedOutput()
