@@ -131,8 +131,8 @@ func keyIDs(t *testing.T, ring []byte) []string {
 }
 
 // execStart matches a drop-in's ExecStart= and captures its KEK command.
-// The drop-ins keep kms.service's loopback metrics.
-var execStart = regexp.MustCompile(`(?m)^ExecStart=/usr/bin/kms --health-address=127\.0\.0\.1:9464 --command '([^']+)'$`)
+// The drop-ins keep kms.service's loopback metrics and its --allow-uid 0.
+var execStart = regexp.MustCompile(`(?m)^ExecStart=/usr/bin/kms --health-address=127\.0\.0\.1:9464 --allow-uid 0 --command '([^']+)'$`)
 
 // dropinCommand returns the KEK command in a recipe's drop-in as systemd
 // hands it to kms: %d is the credentials directory (creds here), $$ a $.
@@ -144,7 +144,7 @@ func dropinCommand(t *testing.T, name, creds string) string {
 	}
 	m := execStart.FindSubmatch(b)
 	if m == nil {
-		t.Fatalf("%s: no ExecStart=/usr/bin/kms --health-address=127.0.0.1:9464 --command '...' line", name)
+		t.Fatalf("%s: no ExecStart=/usr/bin/kms --health-address=127.0.0.1:9464 --allow-uid 0 --command '...' line", name)
 	}
 	return strings.NewReplacer("%d", creds, "$$", "$").Replace(string(m[1]))
 }

@@ -332,7 +332,7 @@ func restartKMS(root string) error {
 	}
 	defer log.Close()
 	// Both nodes share one loopback: any free port stands for 9464.
-	cmd := exec.Command(filepath.Join(root, "usr", "bin", "kms"), "--health-address=127.0.0.1:0", "--command", command,
+	cmd := exec.Command(filepath.Join(root, "usr", "bin", "kms"), "--health-address=127.0.0.1:0", "--allow-uid", "0", "--command", command,
 		"--endpoint", "unix://"+filepath.Join(root, "run", "kms", "kms.sock"))
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
