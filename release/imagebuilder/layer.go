@@ -3,7 +3,6 @@ package imagebuilder
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"fmt"
 	"io"
 	"path"
@@ -14,6 +13,8 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/cmdkms/kms/release/reproducible"
 )
 
 // fsEntry is one entry of a layer. Only the attributes here reach the tar
@@ -98,23 +99,6 @@ func (fs layerFS) tarBytes(mtime time.Time) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// gzipBytes compresses with an empty gzip header (no name, mtime 0), so the
-// compressed digest depends only on the tar bytes and the Go version.
-func gzipBytes(b []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := zw.Write(b); err != nil {
-		return nil, err
-	}
-	if err := zw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
 // LayerInfo travels next to a layer file from the step that made it to the
 // step that assembles the image.
 type LayerInfo struct {
@@ -132,7 +116,7 @@ func (fs layerFS) gzipLayer(mtime time.Time) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return gzipBytes(t)
+	return reproducible.Gzip(t)
 }
 
 // OpenLayer reads a layer file written from BaseLayer or BinaryLayer.

@@ -3,11 +3,12 @@ package packages
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"crypto/md5"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/cmdkms/kms/release/reproducible"
 )
 
 // Deb returns the .deb: an ar archive of debian-binary, control.tar.gz and
@@ -88,22 +89,6 @@ func debDescription(s string) string {
 	return strings.Join(lines, "\n")
 }
 
-// gzipBytes compresses with an empty gzip header (no name, mtime 0).
-func gzipBytes(b []byte) ([]byte, error) {
-	var buf bytes.Buffer
-	zw, err := gzip.NewWriterLevel(&buf, gzip.BestCompression)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := zw.Write(b); err != nil {
-		return nil, err
-	}
-	if err := zw.Close(); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
-}
-
 // tarGz writes entries (sorted, parents first) as a gzip tar with "./"
 // names, as dpkg-deb does, owned by root.
 func (p Package) tarGz(entries []entry) ([]byte, error) {
@@ -137,5 +122,5 @@ func (p Package) tarGz(entries []entry) ([]byte, error) {
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
-	return gzipBytes(buf.Bytes())
+	return reproducible.Gzip(buf.Bytes())
 }

@@ -21,6 +21,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/cmdkms/kms/release/reproducible"
 )
 
 // Name is the packages' name.
@@ -114,7 +116,7 @@ const docDir = "/usr/share/doc/" + Name
 // changelog is the package's changelog, one entry for its version, in
 // deb-changelog(5)'s format (gzipped, as Debian policy wants it).
 func (p Package) changelog() ([]byte, error) {
-	return gzipBytes([]byte(fmt.Sprintf(`%s (%s) unstable; urgency=medium
+	return reproducible.Gzip([]byte(fmt.Sprintf(`%s (%s) unstable; urgency=medium
 
   * Release %s of kms.
 

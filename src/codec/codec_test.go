@@ -16,6 +16,7 @@ import (
 
 	"github.com/cmdkms/kms/src/codec/codectest"
 	"github.com/cmdkms/kms/src/kek"
+	"github.com/cmdkms/kms/src/testbin"
 )
 
 func mustKey(t testing.TB, secret []byte) *Key {
@@ -336,6 +337,12 @@ func TestParseMode(t *testing.T) {
 
 // The request path must stay cheap: one allocation for the output.
 func TestEncryptAllocations(t *testing.T) {
+	if testbin.RaceEnabled {
+		// The race detector makes sync.Pool drop a quarter of what is put
+		// back, and FIPS 140 mode draws each GCM nonce from a DRBG kept in
+		// a pool: the count then says nothing about the code.
+		t.Skip("allocation counts are not the code's under -race")
+	}
 	set := NewSet([]*Key{mustKey(t, randBytes(32))})
 	seed := randBytes(32)
 	if n := testing.AllocsPerRun(100, func() { set.Encrypt(AESGCM, seed) }); n > 1 {

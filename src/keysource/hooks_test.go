@@ -85,8 +85,11 @@ func TestHooksSeeTimeoutAndPurge(t *testing.T) {
 	rec := &recorder{}
 	flag := filepath.Join(t.TempDir(), "hang")
 	// Succeeds once, then hangs: the refresh is killed and the keys purged.
-	cmd := "if [ -e " + flag + " ]; then sleep 30; fi; touch " + flag + "; head -c 32 /dev/urandom"
-	s, _ := start(t, Config{Command: cmd, Hooks: rec, Timeout: 2 * time.Second, CommandTimeout: 500 * time.Millisecond})
+	// The first run must end within the command timeout however loaded the
+	// machine is (500 ms did not, under -race beside two busy loops): hence
+	// seconds, which the timeout and the purge then take.
+	cmd := "if [ -e " + flag + " ]; then sleep 30; fi; : >" + flag + "; head -c 32 /dev/urandom"
+	s, _ := start(t, Config{Command: cmd, Hooks: rec, Timeout: 8 * time.Second, CommandTimeout: 3 * time.Second})
 	s.Refresh()
 	waitFor(t, "a timeout", func() bool { return rec.has(event{outcome: OutcomeTimeout}) })
 	waitFor(t, "the purge", func() bool { return rec.has(event{keys: -1}) })

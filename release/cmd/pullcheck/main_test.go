@@ -2,43 +2,24 @@ package main
 
 import (
 	"bytes"
-	"io"
-	"log"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/release/imagebuilder/imagetest"
 )
 
 // An index in go-containerregistry's own registry on loopback checks
 // against its layout, and not against another's; a registry that is not on
 // loopback is refused before anything is sent.
 func TestPullcheck(t *testing.T) {
-	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer reg.Close()
-	host := strings.TrimPrefix(reg.URL, "http://")
+	host := imagetest.Registry(t)
 	var refs, layouts []string
 	for range 2 {
-		idx, err := random.Index(512, 2, 2)
-		if err != nil {
-			t.Fatal(err)
-		}
-		dir := filepath.Join(t.TempDir(), "layout")
-		if err := imagebuilder.WriteLayout(dir, idx, ""); err != nil {
-			t.Fatal(err)
-		}
-		digest, err := idx.Digest()
-		if err != nil {
-			t.Fatal(err)
-		}
+		dir, idx, digest := imagetest.Layout(t)
 		ref, err := name.NewDigest(host + "/kms@" + digest.String())
 		if err != nil {
 			t.Fatal(err)

@@ -2,19 +2,13 @@ package main
 
 import (
 	"bytes"
-	"io"
-	"log"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
-	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/cmdkms/kms/release/imagebuilder"
+	"github.com/cmdkms/kms/release/imagebuilder/imagetest"
 )
 
 func TestRepositoryNeedsHost(t *testing.T) {
@@ -29,21 +23,8 @@ func TestRepositoryNeedsHost(t *testing.T) {
 // digest only: the reference printed is the index's digest, and the tag
 // names it.
 func TestPush(t *testing.T) {
-	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer reg.Close()
-	host := strings.TrimPrefix(reg.URL, "http://")
-	idx, err := random.Index(512, 2, 2)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(t.TempDir(), "layout")
-	if err := imagebuilder.WriteLayout(dir, idx, ""); err != nil {
-		t.Fatal(err)
-	}
-	digest, err := idx.Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
+	host := imagetest.Registry(t)
+	dir, _, digest := imagetest.Layout(t)
 	want := host + "/kms@" + digest.String()
 	for _, repo := range []string{host + "/kms:dev", host + "/kms"} {
 		var out, errOut bytes.Buffer

@@ -82,7 +82,9 @@ func TestLegacyModeKeyring(t *testing.T) {
 	if p, ok := codectest.LegacyDecrypt(primary, ct); !ok || string(p) != "a DEK" {
 		t.Fatal("not written with the primary key in the 2018 format")
 	}
-	if _, ok := codectest.LegacyDecrypt(old, ct); ok {
+	// A wrong key passes the 2018 format's padding check by chance (about
+	// one time in 256), so what matters is that it does not give the DEK.
+	if p, ok := codectest.LegacyDecrypt(old, ct); ok && string(p) == "a DEK" {
 		t.Fatal("the secondary key opens it")
 	}
 	var iv [16]byte
