@@ -1,7 +1,7 @@
 // Package grafana holds the Grafana dashboard for the daemon's metrics
 // (kms.json). Its test checks that the dashboard is well formed, that every
-// query parses as PromQL (with Prometheus's own promtool) and that every
-// metric a query names is one a running daemon exports.
+// query parses as PromQL (with Prometheus's own promtool) and keeps clusters
+// apart, and that every metric a query names is one a running daemon exports.
 package grafana
 
 import (

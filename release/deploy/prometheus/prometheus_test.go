@@ -54,6 +54,40 @@ func TestAlertRules(t *testing.T) {
 	}
 }
 
+// The Prometheus configurations docs/operating.md's "Metrics in HA" gives
+// operators to paste: the receiver's rule_files (with this directory for the
+// packages' /usr/share/kms/prometheus) and the scrape job for the node's
+// address.
+func TestPageConfigs(t *testing.T) {
+	promtool := tool(t, "promtool", "PROMTOOL")
+	page, err := os.ReadFile("../../../docs/operating.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(page), "\n## Metrics in HA\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+	here, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	n := 0
+	for _, m := range regexp.MustCompile("(?s)```yaml\n(.*?)```").FindAllStringSubmatch(section, -1) {
+		if !regexp.MustCompile(`(?m)^(global|rule_files|scrape_configs):`).MatchString(m[1]) {
+			continue // the static pod's lines
+		}
+		n++
+		conf := filepath.Join(dir, fmt.Sprintf("prometheus-%d.yml", n))
+		write(t, conf, strings.ReplaceAll(m[1], "/usr/share/kms/prometheus/", here+"/"))
+		if out, err := exec.Command(promtool, "check", "config", conf).CombinedOutput(); err != nil {
+			t.Errorf("promtool check config on the page's configuration %d:\n%s\n%v\n%s", n, m[1], err, out)
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d Prometheus configurations in docs/operating.md's Metrics in HA: want 2, the receiver's and the scrape job", n)
+	}
+}
+
 // Two kms daemons with different keyrings; three agents run kms-scrape.yaml as
 // shipped but for the target's port and the receiver's URL: c1/n1 and c1/n2
 // scrape one daemon each, c2/n1 scrapes the second daemon again. A receiving
