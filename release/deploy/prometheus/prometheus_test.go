@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -93,11 +94,12 @@ func TestPageConfigs(t *testing.T) {
 // scrape one daemon each, c2/n1 scrapes the second daemon again. A receiving
 // Prometheus evaluates kms-alerts.yaml. The series it receives carry their
 // agent's cluster and node, and only c1, whose two nodes hold different keys,
-// alerts.
+// alerts; then the second daemon stops, and both nodes it stood for alert.
 func TestScrapeConfigAgents(t *testing.T) {
 	prom := tool(t, "prometheus", "PROMETHEUS")
 	dir := testbin.ShortDir(t)
 	var kms []string // the daemons' health addresses
+	var daemons []*testbin.Proc
 	for _, name := range []string{"a", "b"} {
 		ring := filepath.Join(dir, "kek-"+name)
 		testbin.WriteKeyring(t, ring, testbin.NewKey())
@@ -107,6 +109,7 @@ func TestScrapeConfigAgents(t *testing.T) {
 			t.Fatalf("no health listener in the log:\n%s", d.Stderr())
 		}
 		kms = append(kms, m[1])
+		daemons = append(daemons, d)
 	}
 
 	rules, err := filepath.Abs("kms-alerts.yaml")
@@ -162,6 +165,17 @@ func TestScrapeConfigAgents(t *testing.T) {
 	sort.Strings(wantAlerts)
 	poll(t, r, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
 		got := labels(t, receiver, `ALERTS`, "alertname", "cluster", "key_id")
+		return reflect.DeepEqual(got, wantAlerts), got
+	})
+
+	// The second daemon stops: the agents' failed scrapes (up 0) name its two
+	// nodes, and with its series gone c1's nodes no longer differ.
+	if code := daemons[1].Stop(t, syscall.SIGTERM); code != 0 {
+		t.Fatalf("kms exited %d on SIGTERM", code)
+	}
+	wantAlerts = []string{"KMSPluginDown c1 n2", "KMSPluginDown c2 n1"}
+	poll(t, r, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
+		got := labels(t, receiver, `ALERTS`, "alertname", "cluster", "node")
 		return reflect.DeepEqual(got, wantAlerts), got
 	})
 }
