@@ -28,7 +28,8 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(testbin.Main(m)) }
 
-// tool is the Prometheus binary name (promtool, prometheus), from $env or $PATH.
+// tool finds Prometheus's program name (promtool, prometheus): $env, or else
+// on $PATH. Without it the test skips.
 func tool(t *testing.T, name, env string) string {
 	t.Helper()
 	if p := os.Getenv(env); p != "" {
@@ -121,7 +122,8 @@ func TestScrapeConfigAgents(t *testing.T) {
 	receiver := "127.0.0.1:" + freePort(t)
 	r := testbin.Start(t, exec.Command(prom, "--config.file="+receiverConf, "--web.enable-remote-write-receiver",
 		"--web.listen-address="+receiver, "--storage.tsdb.path="+filepath.Join(dir, "receiver")), "")
-	waitReady(t, r, receiver)
+	procs := []*testbin.Proc{r}
+	waitReady(t, receiver, procs)
 
 	shipped, err := os.ReadFile("kms-scrape.yaml")
 	if err != nil {
@@ -138,11 +140,11 @@ func TestScrapeConfigAgents(t *testing.T) {
 		cmd := exec.Command(prom, append(agentFlags, "--config.file="+conf, "--web.listen-address=127.0.0.1:0",
 			"--storage.agent.path="+filepath.Join(dir, name))...)
 		cmd.Env = append(os.Environ(), "KMS_CLUSTER="+a.cluster, "KMS_NODE="+a.node)
-		testbin.Start(t, cmd, "")
+		procs = append(procs, testbin.Start(t, cmd, ""))
 	}
 
 	want := []string{"c1 n1 kms", "c1 n2 kms", "c2 n1 kms"}
-	poll(t, r, fmt.Sprintf("the series of every agent (cluster node job: %q)", want), func() (bool, any) {
+	poll(t, procs, fmt.Sprintf("the series of every agent (cluster node job: %q)", want), func() (bool, any) {
 		got := labels(t, receiver, `kms_kek_loaded == 1`, "cluster", "node", "job")
 		return reflect.DeepEqual(got, want), got
 	})
@@ -163,7 +165,7 @@ func TestScrapeConfigAgents(t *testing.T) {
 		"KMSPluginPrimaryKeysDiffer c1 ",
 	}
 	sort.Strings(wantAlerts)
-	poll(t, r, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
+	poll(t, procs, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
 		got := labels(t, receiver, `ALERTS`, "alertname", "cluster", "key_id")
 		return reflect.DeepEqual(got, wantAlerts), got
 	})
@@ -174,7 +176,7 @@ func TestScrapeConfigAgents(t *testing.T) {
 		t.Fatalf("kms exited %d on SIGTERM", code)
 	}
 	wantAlerts = []string{"KMSPluginDown c1 n2", "KMSPluginDown c2 n1"}
-	poll(t, r, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
+	poll(t, procs, fmt.Sprintf("the alerts %q and no other", wantAlerts), func() (bool, any) {
 		got := labels(t, receiver, `ALERTS`, "alertname", "cluster", "node")
 		return reflect.DeepEqual(got, wantAlerts), got
 	})
@@ -199,9 +201,9 @@ func freePort(t *testing.T) string {
 	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
 }
 
-func waitReady(t *testing.T, p *testbin.Proc, addr string) {
+func waitReady(t *testing.T, addr string, procs []*testbin.Proc) {
 	t.Helper()
-	poll(t, p, "the receiver's /-/ready", func() (bool, any) {
+	poll(t, procs, "the receiver's /-/ready", func() (bool, any) {
 		resp, err := http.Get("http://" + addr + "/-/ready")
 		if err != nil {
 			return false, err
@@ -213,8 +215,8 @@ func waitReady(t *testing.T, p *testbin.Proc, addr string) {
 
 // poll checks cond every second, for as long as agents take to scrape (every
 // 15 s, from a random offset) and send (every few seconds). cond also returns
-// what it saw, for the failure message.
-func poll(t *testing.T, p *testbin.Proc, what string, cond func() (bool, any)) {
+// what it saw, for the failure message, which has the Prometheus logs too.
+func poll(t *testing.T, procs []*testbin.Proc, what string, cond func() (bool, any)) {
 	t.Helper()
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
 		ok, saw := cond()
@@ -222,7 +224,11 @@ func poll(t *testing.T, p *testbin.Proc, what string, cond func() (bool, any)) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s; last saw %q; the receiver's log:\n%s", what, saw, p.Stderr())
+			var logs strings.Builder
+			for _, p := range procs {
+				fmt.Fprintf(&logs, "\n%v:\n%s", p.Cmd.Args, p.Stderr())
+			}
+			t.Fatalf("timed out waiting for %s; last saw %q; the logs:%s", what, saw, logs.String())
 		}
 	}
 }
