@@ -76,7 +76,7 @@ for arch in amd64 arm64; do
 	install -D -m 0644 -t "$dir/packages" "$bin/release/packages_$arch"/*
 done
 install -D -m 0644 -t "$dir/deploy" release/deploy/{kms-static-pod.yaml,encryption-config-v1.yaml,encryption-config-v2.yaml,kms-tmpfiles.conf}
-install -D -m 0644 -t "$dir/deploy/prometheus" release/deploy/prometheus/kms-alerts.yaml
+install -D -m 0644 -t "$dir/deploy/prometheus" release/deploy/prometheus/{kms-alerts.yaml,kms-scrape.yaml}
 install -D -m 0644 -t "$dir/deploy/grafana" release/deploy/grafana/kms.json
 install -D -m 0644 -t "$dir/systemd" release/deploy/systemd/{kms.service,kms.socket}
 install -D -m 0644 -t "$dir/systemd/backends" release/deploy/systemd/backends/*.conf

@@ -1,7 +1,7 @@
 // Package grafana holds the Grafana dashboard for the daemon's metrics
 // (kms.json). Its test checks that the dashboard is well formed, that every
-// query parses as PromQL (with Prometheus's own promtool) and that every
-// metric a query names is one a running daemon exports.
+// query parses as PromQL (with Prometheus's own promtool) and keeps clusters
+// apart, and that every metric a query names is one a running daemon exports.
 package grafana
 
 import (
@@ -99,8 +99,8 @@ func TestDashboardModel(t *testing.T) {
 	for _, v := range d.Templating.List {
 		vars[v.Name] = v.Type
 	}
-	if vars["datasource"] != "datasource" || vars["instance"] != "query" {
-		t.Errorf("variables %v: want datasource (datasource) and instance (query)", vars)
+	if vars["datasource"] != "datasource" || vars["cluster"] != "query" || vars["node"] != "query" {
+		t.Errorf("variables %v: want datasource (datasource), cluster and node (query)", vars)
 	}
 	ids := map[int]bool{}
 	for _, p := range d.Panels {
@@ -138,7 +138,28 @@ func TestDashboardModel(t *testing.T) {
 
 // promQL is a query with Grafana's variables replaced as Grafana would.
 func promQL(q string) string {
-	return strings.NewReplacer("$__rate_interval", "5m", "$instance", ".*").Replace(q)
+	return strings.NewReplacer("$__rate_interval", "5m", "$cluster", ".*", "$node", ".*").Replace(q)
+}
+
+// aggregation is a PromQL aggregation operator, with its by clause if it has one.
+var aggregation = regexp.MustCompile(`\b(sum|count|max|min|avg|group|stddev|stdvar|topk|bottomk|quantile|count_values)\s*(by|without)?\s*(\([^()]*\))?\s*\(`)
+
+// One Prometheus may hold several clusters (kms-scrape.yaml): every query
+// keeps to the selected ones, and every aggregation keeps them apart, so that
+// "All" never adds one cluster's nodes to another's.
+func TestQueriesKeepClustersApart(t *testing.T) {
+	for where, q := range queries(t, load(t)) {
+		for _, sel := range regexp.MustCompile(`\bkms_\w+(\{[^}]*\})?`).FindAllStringSubmatch(q, -1) {
+			if !strings.Contains(sel[1], `cluster=~"$cluster"`) || !strings.Contains(sel[1], `node=~"$node"`) {
+				t.Errorf("%s: %s does not select $cluster and $node", where, sel[0])
+			}
+		}
+		for _, agg := range aggregation.FindAllStringSubmatch(q, -1) {
+			if agg[2] != "by" || !regexp.MustCompile(`[(,]\s*cluster\s*[,)]`).MatchString(agg[3]) {
+				t.Errorf("%s: %q aggregates the clusters together: want by (cluster, ...)", where, strings.TrimSpace(strings.TrimSuffix(agg[0], "(")))
+			}
+		}
+	}
 }
 
 // Every query parses: promtool checks them as the expressions of recording
