@@ -3,9 +3,9 @@
 # ("CI") lists them and gives the measured time:
 #   1. reproducibility: two stamped builds of HEAD in directories of different names and
 #      depths, with no outputs and no action cache in common, give the same image index
-#      digest (printed, with each platform's): one from an empty output base in a fresh
-#      clone, one in the work tree (its output base is empty too in a fresh CI; the steps
-#      below reuse that build);
+#      digest and FIPS image (image_fips) digest (printed, with each platform's): one from an
+#      empty output base in a fresh clone, one in the work tree (its output base is empty
+#      too in a fresh CI; the steps below reuse that build);
 #   2. names: an unstamped build is "devel" in the image, in `podman load` and in
 #      `kms --version`; a stamped one is its version in all three;
 #   3. metadata: SOURCE_DATE_EPOCH reaches the image; licenses annotation and SBOM license;
@@ -13,7 +13,9 @@
 #      byte-equal to the build;
 #   5. both images run: //release:image_test (amd64) and //release:image_test_arm64 (under
 #      qemu-user) unpack them, run the daemon with chroot --userspec=65532:65532 and the
-#      bundled kek-file, and call KMS v1beta1 and v2 over its socket;
+#      bundled kek-file, and call KMS v1beta1 and v2 over its socket; so does
+#      //release:image_fips_test for the FIPS image, whose kms says the certified module is on;
+#      //src/cmd/kms:kms_fips_test runs the daemon's tests against the FIPS build;
 #   6. cosign: signature, SBOM and SLSA provenance verify and fail with a wrong key; the
 #      provenance names HEAD, the build command and the pushed digest;
 #   7. the air-gap sequence of docs/airgap.md, taken from the bundle's own copy, verifies
@@ -96,15 +98,16 @@ annotation() { jq -r --arg k "$2" '.annotations[$k]' "$(blob "$1" "$(index_diges
 # committed meanwhile; a work tree that differs from it gets a second clean clone instead.
 head=$(git rev-parse HEAD)
 packages=(//release:packages_amd64 //release:packages_arm64)
-index_build() { # DIR SUMS [STARTUP OPTION]: prints the index digest, and each platform's on
-	# stderr; writes the packages' sha256sum lines to SUMS
+index_build() { # DIR SUMS [STARTUP OPTION]: prints the index digest and the FIPS image's, and
+	# each platform's on stderr; writes the packages' sha256sum lines to SUMS
 	local dir=$1 sums=$2 out
 	shift 2
-	(cd "$dir" && nice -n 10 tools/bazel "$@" build "${flags[@]}" //release:image "${packages[@]}" >&2 &&
+	(cd "$dir" && nice -n 10 tools/bazel "$@" build "${flags[@]}" //release:image //release:image_fips "${packages[@]}" >&2 &&
 		out=$(tools/bazel "$@" info "${flags[@]}" bazel-bin 2>/dev/null)/release &&
 		platforms "$out/image" | sed 's/^/release\/ci:   /' >&2 &&
+		platforms "$out/image_fips" | sed 's/^/release\/ci:   fips /' >&2 &&
 		(cd "$out" && sha256sum packages_*/*) >"$sums" &&
-		cat "$out/image.digest")
+		echo "$(cat "$out/image.digest") $(cat "$out/image_fips.digest")")
 }
 clean_build() { # DIR OUTPUT_BASE SUMS: index_build in a fresh clone of HEAD
 	local dir=$1 ob=$2 sums=$3
@@ -117,20 +120,23 @@ clean_build() { # DIR OUTPUT_BASE SUMS: index_build in a fresh clone of HEAD
 output_bases+=("$work/ob-a" "$work/ob-b")
 phase "reproducibility: a clean build of ${head:0:7}"
 where_a=$work/a/kms
-digest_a=$(clean_build "$where_a" "$work/ob-a" "$work/packages-a.sums") || digest_a=
+digests=$(clean_build "$where_a" "$work/ob-a" "$work/packages-a.sums") || digests=
+read -r digest_a fips_a <<<"$digests"
 if [[ -z $(git status --porcelain) && $(git rev-parse HEAD) == "$head" ]]; then
 	where_b=$repo_root
 	phase "reproducibility: the work tree's build"
-	digest_b=$(index_build "$where_b" "$work/packages-b.sums") || digest_b=
+	digests=$(index_build "$where_b" "$work/packages-b.sums") || digests=
 else
 	where_b=$work/bb/cc/kms-copy
 	phase "reproducibility: the work tree is not ${head:0:7}: a second clean build"
-	digest_b=$(clean_build "$where_b" "$work/ob-b" "$work/packages-b.sums") || digest_b=
+	digests=$(clean_build "$where_b" "$work/ob-b" "$work/packages-b.sums") || digests=
 fi
+read -r digest_b fips_b <<<"$digests"
 phase "reproducibility: both built"
-echo "release/ci: reproducibility: build 1 ($where_a): index $digest_a"
-echo "release/ci: reproducibility: build 2 ($where_b): index $digest_b"
+echo "release/ci: reproducibility: build 1 ($where_a): index $digest_a, FIPS image $fips_a"
+echo "release/ci: reproducibility: build 2 ($where_b): index $digest_b, FIPS image $fips_b"
 check "reproducible image index digest" test -n "$digest_a" -a "$digest_a" = "$digest_b"
+check "reproducible FIPS image index digest" test -n "$fips_a" -a "$fips_a" = "$fips_b"
 for f in packages-a packages-b; do
 	sed "s/^/release\/ci: $f: /" "$work/$f.sums" 2>/dev/null || true
 done
@@ -160,8 +166,11 @@ names() {
 
 # 2. What an unstamped build and a stamped one are called.
 phase "names: unstamped build"
-nice -n 10 tools/bazel build //release:image //release:archive //release:binaries_amd64
+nice -n 10 tools/bazel build //release:image //release:archive //release:binaries_amd64 //release:binaries_fips_amd64
 check "unstamped: devel in the image, podman load and kms --version" names devel
+fips_version=$("$bin/release/binaries_fips_amd64/kms" --version) || fips_version=
+echo "release/ci: the FIPS image's kms --version: $fips_version"
+check "the FIPS image's kms: the certified module, FIPS mode on" grep -qx 'fips140: v1.0.0 enabled' <<<"$fips_version"
 
 # 3. Metadata, and SOURCE_DATE_EPOCH through tools/bazel (before release.sh, whose build
 # without it puts the last commit's time back).
@@ -206,8 +215,12 @@ check "pull back by digest is byte-equal" \
 
 # 5. The images, as a kubelet would run them.
 phase "image tests (amd64 natively, arm64 under qemu-user)"
-check "both images run as 65532 with no shell and serve KMS v2/v1beta1" \
-	tools/bazel test "${flags[@]}" --test_output=all //release:image_test //release:image_test_arm64
+check "both images and the FIPS one run as 65532 with no shell and serve KMS v2/v1beta1" \
+	tools/bazel test "${flags[@]}" --test_output=all //release:image_test //release:image_test_arm64 //release:image_fips_test
+# (Here, not in `tools/bazel test //...`: the FIPS builds are manual, and step 1 has built
+# their standard library and packages in this output base already (steps 1 and 2).)
+check "the FIPS build's own tests: the daemon's life, FIPS 140-only mode, memory scan" \
+	tools/bazel test "${flags[@]}" //src/cmd/kms:kms_fips_test
 
 # 6. cosign checks a user would run.
 phase "cosign"

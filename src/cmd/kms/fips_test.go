@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -76,5 +78,38 @@ func TestFIPS140Only(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The FIPS builds' own check: //src/cmd/kms:kms_fips_test runs this
+// package's tests against the FIPS test build ($KMS_BINARY) and names the
+// shipped one, //:kms_fips, in $KMS_FIPS_RELEASE, and in $KMS_FIPS140 the
+// module version and mode the --version of both must print with no GODEBUG
+// set. The shipped one, like any release build, has no test-only flags
+// (TestReleaseBuildKeepsTheFloors checks this package's own build).
+func TestFIPS140Build(t *testing.T) {
+	want := os.Getenv("KMS_FIPS140")
+	if want == "" {
+		t.Skip("$KMS_FIPS140 is unset: not the FIPS build")
+	}
+	if os.Getenv("KMS_FIPS_RELEASE") == "" {
+		t.Fatal("$KMS_FIPS_RELEASE names no release build")
+	}
+	release := testbin.Binary(t, "KMS_FIPS_RELEASE", testbin.KMSPackage)
+	noGODEBUG := slices.DeleteFunc(os.Environ(), func(e string) bool { return strings.HasPrefix(e, "GODEBUG=") })
+	for _, bin := range []string{testbin.KMS(t), release} {
+		cmd := exec.Command(bin, "--version")
+		cmd.Env = noGODEBUG
+		out, err := cmd.Output()
+		if err != nil || !strings.Contains(string(out), "\nfips140: "+want+"\n") {
+			t.Errorf("%s --version: %q, %v; want fips140: %s", bin, out, err, want)
+		}
+	}
+	for _, flag := range []string{"--min-timeout", "--idle-timeout"} {
+		out, err := exec.Command(release, "--command", "true", flag, "1s").CombinedOutput()
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), "unknown flag: "+flag) {
+			t.Errorf("%s %s 1s: %v, %q; want exit 2, unknown flag", release, flag, err, out)
+		}
 	}
 }

@@ -62,6 +62,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.IntVar(&cfg.RSSRequests, "rss-requests", 1000000, "requests between the two RSS readings (0 skips them)")
 		fs.BoolVar(&cfg.Security, "security", true, "also run kms with --audit-log, with --allow-uid, and with both in the steady rounds (kms-audit-log, kms-allow-uid, kms-both rows)")
 		fs.BoolVar(&cfg.FIPS140Only, "fips140-only", false, "also measure kms under GODEBUG=fips140=only in the steady rounds: one more row, its server CPU per request beside plain kms's")
+		fs.StringVar(&cfg.KMSFIPS, "kms-fips", "", "the binary --fips140-only measures instead of --kms: a FIPS build (//:kms_fips, the certified Go Cryptographic Module); its row is kms_fips-fips140-only")
 		fs.StringVar(&cfg.Dir, "dir", "", "directory for sockets, keyring and server logs (default: a new one under $TMPDIR, removed after)")
 		return func(args []string) error {
 			if err := check(args, &cfg, *kinds); err != nil {
@@ -109,12 +110,19 @@ func check(args []string, cfg *load.Config, kinds string) error {
 		return cli.Usagef("--kms-endpoint needs --kms-pid")
 	case cfg.KMSEndpoint != "" && cfg.FIPS140Only:
 		return cli.Usagef("--fips140-only starts a second kms: it needs --kms, not --kms-endpoint")
+	case cfg.KMSFIPS != "" && !cfg.FIPS140Only:
+		return cli.Usagef("--kms-fips is the binary of --fips140-only's row: give both")
 	case cfg.KMSEndpoint != "":
 		cfg.KMS = ""
 	case cfg.KMS == "":
 		return cli.Usagef("no kms binary: give --kms (go build -o /tmp/kms ./src/cmd/kms) or --kms-endpoint")
 	default:
 		if cfg.KMS, err = filepath.Abs(cfg.KMS); err != nil {
+			return err
+		}
+	}
+	if cfg.KMSFIPS != "" {
+		if cfg.KMSFIPS, err = filepath.Abs(cfg.KMSFIPS); err != nil {
 			return err
 		}
 	}

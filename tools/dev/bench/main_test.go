@@ -10,7 +10,7 @@ func TestUsage(t *testing.T) {
 	if code := run([]string{"--help"}, &out, &errs); code != 0 {
 		t.Fatalf("--help: exit %d %s", code, errs.String())
 	}
-	for _, f := range []string{"--kms ", "--kms-endpoint", "--noop-endpoint", "--callers", "--requests", "--rounds", "--kek-delay", "--storm ", "--rss-requests", "--fips140-only", "serve-noop"} {
+	for _, f := range []string{"--kms ", "--kms-endpoint", "--noop-endpoint", "--callers", "--requests", "--rounds", "--kek-delay", "--storm ", "--rss-requests", "--fips140-only", "--kms-fips", "serve-noop"} {
 		if !strings.Contains(out.String(), f) {
 			t.Errorf("--help does not mention %s", f)
 		}
@@ -26,6 +26,7 @@ func TestUsage(t *testing.T) {
 		{[]string{"--kms-endpoint", "unix:///k.sock"}, "needs --kms-pid"},
 		{[]string{"--kms-endpoint", "/k.sock", "--kms-pid", "1"}, "want unix:///absolute/path"},
 		{[]string{"--kms-endpoint", "unix:///k.sock", "--kms-pid", "1", "--fips140-only"}, "needs --kms"},
+		{[]string{"--kms", "/x/kms", "--kms-fips", "/x/kms_fips"}, "give both"},
 		{[]string{"--kms", "/x/kms", "--noop-endpoint", "unix:///n.sock"}, "needs --noop-pid"},
 		{[]string{"--kms", "/x/kms", "--calls", "v1dec,v9"}, `unknown call "v9"`},
 		{[]string{"--kms", "/x/kms", "now"}, `unexpected argument "now"`},

@@ -61,8 +61,10 @@ type Config struct {
 	// Progress gets a line per phase.
 	Progress io.Writer
 	// FIPS140Only also measures, in the steady rounds, the same kms under
-	// GODEBUG=fips140=only (docs/security.md), judged against plain kms.
+	// GODEBUG=fips140=only (docs/security.md), judged against plain kms;
+	// or, if KMSFIPS names one, a FIPS build of it (//:kms_fips).
 	FIPS140Only bool
+	KMSFIPS     string
 }
 
 // Side is what one server did.
@@ -277,21 +279,24 @@ func (cfg *Config) servers() (kms, noop *server, variants []*server, err error) 
 		// without restarting the daemon; "starts" and "runs" get a line
 		// per run begun and finished.
 		command := fmt.Sprintf(`echo >>%[1]s/starts; sleep "$(cat %[1]s/delay)"; echo >>%[1]s/runs; cat %[1]s/keyring`, cfg.Dir)
-		argv := func(flags ...string) []string {
-			return append([]string{cfg.KMS, "--command", command, "--mode", cfg.Mode}, flags...)
+		argv := func(kms string, flags ...string) []string {
+			return append([]string{kms, "--command", command, "--mode", cfg.Mode}, flags...)
 		}
-		kms = newServer("kms", cfg.Dir, argv())
+		kms = newServer("kms", cfg.Dir, argv(cfg.KMS))
 		if cfg.Security {
 			audit := func(name string) string { return "--audit-log=" + filepath.Join(cfg.Dir, name+".audit") }
 			allow := "--allow-uid=" + strconv.Itoa(os.Geteuid())
 			variants = []*server{
-				newServer("kms-audit-log", cfg.Dir, argv(audit("audit"))),
-				newServer("kms-allow-uid", cfg.Dir, argv(allow)),
-				newServer("kms-both", cfg.Dir, argv(audit("both"), allow)),
+				newServer("kms-audit-log", cfg.Dir, argv(cfg.KMS, audit("audit"))),
+				newServer("kms-allow-uid", cfg.Dir, argv(cfg.KMS, allow)),
+				newServer("kms-both", cfg.Dir, argv(cfg.KMS, audit("both"), allow)),
 			}
 		}
 		if cfg.FIPS140Only {
-			fips := newServer("kms-fips140-only", cfg.Dir, argv())
+			fips := newServer("kms-fips140-only", cfg.Dir, argv(cfg.KMS))
+			if cfg.KMSFIPS != "" {
+				fips = newServer("kms_fips-fips140-only", cfg.Dir, argv(cfg.KMSFIPS))
+			}
 			fips.env = append(os.Environ(), "GODEBUG=fips140=only")
 			variants = append(variants, fips)
 		}
@@ -409,7 +414,7 @@ const (
 
 // variantCPURatios are the targets of the variants' server CPU per request,
 // as a ratio to plain kms's.
-var variantCPURatios = map[string]float64{"kms-both": maxSecurityCPURatio, "kms-fips140-only": maxFIPSCPURatio}
+var variantCPURatios = map[string]float64{"kms-both": maxSecurityCPURatio, "kms-fips140-only": maxFIPSCPURatio, "kms_fips-fips140-only": maxFIPSCPURatio}
 
 // ErrFailures is returned when requests failed: unlike a missed speed
 // target, that is a bug.
