@@ -349,39 +349,45 @@ func (c *Cluster) kmsArgv(t testing.TB, n *node) []string {
 func (c *Cluster) StartAPIServer(t testing.TB, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		args := []string{
-			filepath.Join(c.bin, "kube-apiserver"),
-			"--etcd-servers=" + n.etcdURL(),
-			"--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt",
-			"--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt",
-			"--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key",
-			"--encryption-provider-config=" + encryptionConfig,
-			"--bind-address=" + n.ip, "--advertise-address=" + n.ip,
-			"--secure-port=" + fmt.Sprint(n.apiPort),
-			"--tls-cert-file=/etc/kubernetes/pki/apiserver.crt",
-			"--tls-private-key-file=/etc/kubernetes/pki/apiserver.key",
-			"--token-auth-file=/etc/kubernetes/pki/tokens.csv",
-			"--authorization-mode=RBAC",
-			"--service-account-issuer=https://kubernetes.default.svc",
-			"--service-account-key-file=/etc/kubernetes/pki/sa.key",
-			"--service-account-signing-key-file=/etc/kubernetes/pki/sa.key",
-			"--api-audiences=https://kubernetes.default.svc",
-			// Configuration only: nothing is sent to this range.
-			"--service-cluster-ip-range=10.96.0.0/16",
-			"--endpoint-reconciler-type=none",
-		}
-		for _, p := range c.providers {
-			if p.API == "v1" {
-				args = append(args, "--feature-gates=KMSv1=true")
-				break
-			}
-		}
-		n.apiServerManifest(t, k8sVersion, args)
-		n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), n.ns(nil, args))
+		c.startAPIServer(t, n)
 	}
 	for _, n := range nodes {
 		c.waitHTTP(t, n.api, n.apiURL()+"/readyz", 2*time.Minute)
 	}
+}
+
+// startAPIServer starts n's API server, with a manifest that says how.
+func (c *Cluster) startAPIServer(t testing.TB, n *node) {
+	t.Helper()
+	args := []string{
+		filepath.Join(c.bin, "kube-apiserver"),
+		"--etcd-servers=" + n.etcdURL(),
+		"--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt",
+		"--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt",
+		"--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key",
+		"--encryption-provider-config=" + encryptionConfig,
+		"--bind-address=" + n.ip, "--advertise-address=" + n.ip,
+		"--secure-port=" + fmt.Sprint(n.apiPort),
+		"--tls-cert-file=/etc/kubernetes/pki/apiserver.crt",
+		"--tls-private-key-file=/etc/kubernetes/pki/apiserver.key",
+		"--token-auth-file=/etc/kubernetes/pki/tokens.csv",
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=/etc/kubernetes/pki/sa.key",
+		"--service-account-signing-key-file=/etc/kubernetes/pki/sa.key",
+		"--api-audiences=https://kubernetes.default.svc",
+		// Configuration only: nothing is sent to this range.
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--endpoint-reconciler-type=none",
+	}
+	for _, p := range c.providers {
+		if p.API == "v1" {
+			args = append(args, "--feature-gates=KMSv1=true")
+			break
+		}
+	}
+	n.apiServerManifest(t, k8sVersion, args)
+	n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), n.ns(nil, args))
 }
 
 // StartControllerManagers starts the kube-controller-managers of nodes and

@@ -8,8 +8,8 @@ import (
 	"time"
 )
 
-// What each node's daemon holds, and the other way to make it read its
-// keyring now (docs/rotation.md): kill -HUP.
+// Keyrings to every node, each daemon made to read its own (the page's
+// kms refresh, or kill -HUP), and what each then holds (kms status).
 
 // distribute copies the first node's keyring to the others and has every
 // daemon read it, as steps 1 and 2 of docs/rotation.md say.
