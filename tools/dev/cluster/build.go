@@ -2,6 +2,11 @@
 // the HA drill of issue 12: a three-member etcd cluster and three
 // kube-apiservers, each with its own kms daemon, on 127.0.0.11-13.
 //
+// The operator's pages are its input (pages.go): it runs the shell blocks
+// of docs/rotation.md, docs/verify.md and docs/airgap.md's static pod
+// install as written, on nodes laid out as kubeadm lays them out (node.go),
+// and judges the outcome with its own checks.
+//
 // It is its own Go module so that kube-apiserver's ~1 GB of dependencies
 // stay out of the product's go.mod; it talks to the product only through
 // its binaries (kms, kek-gen, kek-census), built from the main module.
@@ -19,13 +24,14 @@ import (
 )
 
 var (
-	buildOnce sync.Once
-	binDir    string
-	buildErr  error
+	buildOnce  sync.Once
+	binDir     string
+	k8sVersion string // of kube-apiserver, as its static pod's image names it
+	buildErr   error
 )
 
 // BinDir returns the directory holding etcd, etcdctl, kube-apiserver,
-// kube-controller-manager, kubectl, kms, kek-gen and kek-census, building
+// kube-controller-manager, kubectl, kms, kek-gen, kek-file and kek-census, building
 // them on first use. The Go build cache makes a rebuild a matter of
 // linking.
 func BinDir(t testing.TB) string {
@@ -53,12 +59,17 @@ func build() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// kms runs as its static pod's user, which must reach its binaries.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return dir, err
+	}
 	out := dir + string(filepath.Separator)
 	k8s, err := goCmd("", "list", "-m", "-f", "{{.Version}}", "k8s.io/kubernetes")
 	if err != nil {
 		return dir, err
 	}
 	k8s = strings.TrimSpace(k8s)
+	k8sVersion = k8s
 	major, minor, _ := strings.Cut(strings.TrimPrefix(k8s, "v"), ".")
 	minor, _, _ = strings.Cut(minor, ".")
 	// Unstamped, the Kubernetes programs call themselves v0.0.0-master.
@@ -75,7 +86,7 @@ func build() (string, error) {
 	if err != nil {
 		return dir, err
 	}
-	_, err = goCmd(root, "build", "-o", out, "./src/cmd/kms", "./tools/helpers/kek-gen", "./tools/helpers/kek-census")
+	_, err = goCmd(root, "build", "-o", out, "./src/cmd/kms", "./tools/helpers/kek-gen", "./tools/helpers/kek-file", "./tools/helpers/kek-census")
 	return dir, err
 }
 

@@ -37,6 +37,10 @@ var Identity = Provider{}
 // prefix is how values it wrote start in etcd.
 func (p Provider) prefix() string { return "k8s:enc:kms:" + p.API + ":" + p.Name + ":" }
 
+// encryptionConfig is where each node's kube-apiserver reads its
+// EncryptionConfiguration (docs/airgap.md).
+const encryptionConfig = "/etc/kubernetes/enc/encryption-config.yaml"
+
 // Resources are what the EncryptionConfiguration encrypts: two built-in
 // resources and the drill's custom resource (crd.yaml), as group/resource
 // is named in etcd keys and StorageVersionMigrations.
@@ -77,35 +81,59 @@ type Cluster struct {
 	env       []string
 	providers []Provider // first writes
 	http      *http.Client
+	blocks    []Block // of the pages the drill follows
+	ran       runs
+	notes     string // the pages' variables, carried between blocks
+	bundleDir string // the release bundle, unpacked: airgap.md's blocks run there
 }
 
 type node struct {
-	name, ip, dir                string
-	etcdPort, peerPort, apiPort  int
-	healthPort                   int // kms --health-address
-	etcd, kms, api, kcm          *proc
-	keyring, socket, encryptConf string
-	kubeconfig                   string // its own API server's, for its controller manager
+	name, ip, dir               string
+	root                        string // what the node's processes see as /
+	etcdPort, peerPort, apiPort int
+	etcd, kms, api, kcm         *proc
 }
 
-func (n *node) apiURL() string     { return fmt.Sprintf("https://%s:%d", n.ip, n.apiPort) }
-func (n *node) etcdURL() string    { return fmt.Sprintf("http://%s:%d", n.ip, n.etcdPort) }
-func (n *node) peerURL() string    { return fmt.Sprintf("http://%s:%d", n.ip, n.peerPort) }
-func (n *node) healthAddr() string { return fmt.Sprintf("%s:%d", n.ip, n.healthPort) }
+func (n *node) apiURL() string  { return fmt.Sprintf("https://%s:%d", n.ip, n.apiPort) }
+func (n *node) etcdURL() string { return fmt.Sprintf("https://%s:%d", n.ip, n.etcdPort) }
+
+// Peers talk plain HTTP: the pages never reach them.
+func (n *node) peerURL() string { return fmt.Sprintf("http://%s:%d", n.ip, n.peerPort) }
+
+// healthAddr is the node's kms health address: the static pod's
+// 127.0.0.1:9464 would be the same for the three nodes on one host, so the
+// drill gives each kms its node's address, with the pod's port.
+func (n *node) healthAddr() string { return n.ip + ":9464" }
+
+// keyring is the node's keyring on the host.
+func (n *node) keyring() string { return n.path("/etc/kubernetes/kms/kek") }
 func (n *node) log(what string) string {
 	return filepath.Join(n.dir, what+".log")
 }
 
 // New lays out a cluster of three nodes whose encrypted resources go to
-// providers (all served by each node's kms; none: plaintext), and the first
-// node's keyring holding one new key, copied to the others. Start starts
-// it.
+// providers (all served by each node's kms; none: plaintext): each node as
+// kubeadm lays it out, then kms deployed as airgap.md's Deploy says, the
+// first node's keyring copied to the others. Start starts it. The pages'
+// blocks must all be in the drill's table (Coverage), or New fails.
 func New(t testing.TB, providers ...Provider) *Cluster {
 	t.Helper()
+	blocks, err := pageBlocks()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// n1's etcd member answers there too, as a kubeadm node's does for the
+	// pages' kek-census and etcdctl.
+	if l, err := net.Listen("tcp", "127.0.0.1:2379"); err != nil {
+		t.Fatalf("127.0.0.1:2379 must be free for the drill's etcd: %v", err)
+	} else {
+		l.Close()
+	}
 	dir, err := os.MkdirTemp("/tmp", "cl")
 	if err != nil {
 		t.Fatal(err)
 	}
+	mountpoints(t)
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpLogs(t, dir)
@@ -115,37 +143,53 @@ func New(t testing.TB, providers ...Provider) *Cluster {
 		os.RemoveAll(dir)
 	})
 	bin := BinDir(t)
-	c := &Cluster{Dir: dir, bin: bin, pki: newPKI(t, dir), providers: providers}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(c.pki.caPEM)
-	c.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	c := &Cluster{Dir: dir, bin: bin, pki: newPKI(t), providers: providers, blocks: blocks, notes: filepath.Join(dir, "notes.sh")}
 	var etcds []string
 	for i := 1; i <= 3; i++ {
 		n := &node{name: fmt.Sprintf("n%d", i), ip: fmt.Sprintf("127.0.0.%d", 10+i)}
 		n.dir = filepath.Join(dir, n.name)
+		n.root = filepath.Join(n.dir, "root")
 		if err := os.Mkdir(n.dir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		n.etcdPort, n.peerPort, n.apiPort, n.healthPort = freePort(t, n.ip), freePort(t, n.ip), freePort(t, n.ip), freePort(t, n.ip)
-		n.keyring = filepath.Join(n.dir, "keyring")
-		n.socket = filepath.Join(n.dir, "kms.sock")
-		n.encryptConf = filepath.Join(n.dir, "encryption.yaml")
-		n.kubeconfig = filepath.Join(n.dir, "kubeconfig")
-		c.pki.serving(t, n.ip, filepath.Join(n.dir, "apiserver.crt"), filepath.Join(n.dir, "apiserver.key"))
+		n.etcdPort, n.peerPort, n.apiPort = freePort(t, n.ip), freePort(t, n.ip), freePort(t, n.ip)
+		c.layout(t, n)
 		c.Nodes = append(c.Nodes, n)
 		etcds = append(etcds, n.etcdURL())
 	}
+	// The drill's own view of etcd and the API servers, from the host.
+	n1pki := c.Nodes[0].path("/etc/kubernetes/pki/etcd/healthcheck-client")
+	cert, err := tls.LoadX509KeyPair(n1pki+".crt", n1pki+".key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(c.pki.caPEM)
+	c.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	c.pki.kubeconfig(t, kubeconfig, c.Nodes)
-	for _, n := range c.Nodes {
-		c.pki.kubeconfig(t, n.kubeconfig, []*node{n})
-	}
 	c.env = append(os.Environ(),
 		"PATH="+bin+":"+os.Getenv("PATH"),
 		"KUBECONFIG="+kubeconfig,
 		"ETCDCTL_ENDPOINTS="+strings.Join(etcds, ","),
+		"ETCDCTL_CACERT="+c.Nodes[0].path("/etc/kubernetes/pki/etcd/ca.crt"),
+		"ETCDCTL_CERT="+n1pki+".crt",
+		"ETCDCTL_KEY="+n1pki+".key",
 	)
-	c.Sh(t, "kek-gen "+c.Nodes[0].keyring)
+
+	// The pages' inputs: the registry the static pod's image comes from (a
+	// name only: the drill runs the image's binaries), and the resources
+	// the EncryptionConfiguration encrypts.
+	var rs []string
+	for _, r := range Resources {
+		rs = append(rs, r.String())
+	}
+	writeFile(t, c.notes, []byte(fmt.Sprintf("REGISTRY=registry.drill.invalid\nRESOURCES='%s'\n", strings.Join(rs, " "))))
+	c.bundleDir = c.bundle(t)
+	for _, n := range c.Nodes {
+		c.MustRun(t, n, deployEach)
+	}
+	c.MustRun(t, c.Nodes[0], deployFirst)
 	for _, n := range c.Nodes[1:] {
 		c.copyKeyring(t, n)
 	}
@@ -155,11 +199,12 @@ func New(t testing.TB, providers ...Provider) *Cluster {
 	return c
 }
 
-// copyKeyring copies the first node's keyring to n, atomically, as a
-// configuration management tool would distribute it.
+// copyKeyring copies the first node's keyring to n, keeping its mode and
+// owner, atomically, as a configuration management tool would distribute
+// it.
 func (c *Cluster) copyKeyring(t testing.TB, n *node) {
 	t.Helper()
-	c.Sh(t, fmt.Sprintf("install -m 600 %s %s.new && mv %s.new %s", c.Nodes[0].keyring, n.keyring, n.keyring, n.keyring))
+	c.Sh(t, fmt.Sprintf("cp -p %s %s.new && mv %s.new %s", c.Nodes[0].keyring(), n.keyring(), n.keyring(), n.keyring()))
 }
 
 // freePort finds a port free on ip. Another process could take it before
@@ -185,8 +230,8 @@ func (c *Cluster) SetProviders(t testing.TB, providers ...Provider) {
 }
 
 // writeEncryptionConfig is release/deploy/encryption-config-v{1,2}.yaml
-// with the node's socket, the drill's Resources and the cluster's
-// providers, Identity last unless listed.
+// with the drill's Resources and the cluster's providers, Identity last
+// unless listed.
 func (c *Cluster) writeEncryptionConfig(t testing.TB, n *node) {
 	t.Helper()
 	var b strings.Builder
@@ -204,12 +249,12 @@ func (c *Cluster) writeEncryptionConfig(t testing.TB, n *node) {
 			b.WriteString("      - identity: {}\n")
 			continue
 		}
-		fmt.Fprintf(&b, "      - kms:\n          apiVersion: %s\n          name: %s\n          endpoint: unix://%s\n          timeout: 3s\n", p.API, p.Name, n.socket)
+		fmt.Fprintf(&b, "      - kms:\n          apiVersion: %s\n          name: %s\n          endpoint: unix:///run/kms/kms.sock\n          timeout: 3s\n", p.API, p.Name)
 		if p.API == "v1" {
 			b.WriteString("          cachesize: 1000\n")
 		}
 	}
-	writeFile(t, n.encryptConf, []byte(b.String()))
+	writeFile(t, n.path(encryptionConfig), []byte(b.String()))
 }
 
 // Start starts the etcd members, then the kms daemons, then the API
@@ -233,11 +278,17 @@ func (c *Cluster) StartEtcd(t testing.TB, nodes ...*node) {
 		peers = append(peers, m.name+"="+m.peerURL())
 	}
 	for _, n := range nodes {
+		listen, pki := n.etcdURL(), n.path("/etc/kubernetes/pki/etcd")
+		if n == c.Nodes[0] {
+			listen += ",https://127.0.0.1:2379"
+		}
 		n.etcd = start(t, "etcd "+n.name, n.log("etcd"), []string{
 			filepath.Join(c.bin, "etcd"),
 			"--name", n.name,
 			"--data-dir", filepath.Join(n.dir, "etcd"),
-			"--listen-client-urls", n.etcdURL(), "--advertise-client-urls", n.etcdURL(),
+			"--listen-client-urls", listen, "--advertise-client-urls", n.etcdURL(),
+			"--client-cert-auth", "--trusted-ca-file", pki + "/ca.crt",
+			"--cert-file", pki + "/server.crt", "--key-file", pki + "/server.key",
 			"--listen-peer-urls", n.peerURL(), "--initial-advertise-peer-urls", n.peerURL(),
 			"--initial-cluster", strings.Join(peers, ","),
 			"--initial-cluster-state", "new", "--initial-cluster-token", "kms-drill",
@@ -252,7 +303,7 @@ func (c *Cluster) StartEtcd(t testing.TB, nodes ...*node) {
 func (c *Cluster) StartKMS(t testing.TB, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		n.kms = start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(n))
+		n.kms = start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(t, n))
 	}
 	for _, n := range nodes {
 		c.waitHTTP(t, n.kms, "http://"+n.healthAddr()+"/readyz", time.Minute)
@@ -263,7 +314,7 @@ func (c *Cluster) StartKMS(t testing.TB, nodes ...*node) {
 // and with want in its log, as it must when its KEK command fails at start.
 func (c *Cluster) StartKMSFailing(t testing.TB, n *node, want string) {
 	t.Helper()
-	p := start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(n))
+	p := start(t, "kms "+n.name, n.log("kms"), c.kmsArgv(t, n))
 	select {
 	case <-p.exited:
 	case <-time.After(time.Minute):
@@ -274,14 +325,23 @@ func (c *Cluster) StartKMSFailing(t testing.TB, n *node, want string) {
 	}
 }
 
-func (c *Cluster) kmsArgv(n *node) []string {
-	return []string{
-		filepath.Join(c.bin, "kms"),
-		"--command", "cat " + n.keyring,
-		"--endpoint", "unix://" + n.socket,
-		"--health-address", n.healthAddr(),
-		"--log-level", "debug",
+// kmsArgv runs the kms static pod of node n as its manifest says: its
+// arguments, its user and group, its keyring directory at /etc/kms. Two
+// things differ, both said in airgap.md: the image's binaries are the
+// drill's (the image's /usr/bin is BinDir), and the health address is the
+// node's (see healthAddr).
+func (c *Cluster) kmsArgv(t testing.TB, n *node) []string {
+	t.Helper()
+	ctr, sc := n.kmsPod(t)
+	argv := []string{"setpriv", "--reuid", fmt.Sprint(*sc.RunAsUser), "--regid", fmt.Sprint(*sc.RunAsGroup), "--clear-groups", "--pdeathsig", "KILL", filepath.Join(c.bin, "kms")}
+	for _, a := range ctr.Args {
+		a = strings.ReplaceAll(a, "/usr/bin/", c.bin+"/")
+		if a == "--health-address=127.0.0.1:9464" {
+			a = "--health-address=" + n.healthAddr()
+		}
+		argv = append(argv, a)
 	}
+	return n.ns(podMounts, argv)
 }
 
 // StartAPIServer starts the API servers of nodes and waits until their
@@ -289,40 +349,45 @@ func (c *Cluster) kmsArgv(n *node) []string {
 func (c *Cluster) StartAPIServer(t testing.TB, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		args := []string{
-			filepath.Join(c.bin, "kube-apiserver"),
-			"--etcd-servers", n.etcdURL(),
-			"--encryption-provider-config", n.encryptConf,
-			"--bind-address", n.ip, "--advertise-address", n.ip,
-			"--secure-port", fmt.Sprint(n.apiPort),
-			"--tls-cert-file", filepath.Join(n.dir, "apiserver.crt"),
-			"--tls-private-key-file", filepath.Join(n.dir, "apiserver.key"),
-			"--token-auth-file", c.pki.tokens,
-			"--authorization-mode", "RBAC",
-			"--service-account-issuer", "https://kubernetes.default.svc",
-			"--service-account-key-file", c.pki.saKey,
-			"--service-account-signing-key-file", c.pki.saKey,
-			"--api-audiences", "https://kubernetes.default.svc",
-			// Configuration only: nothing is sent to this range.
-			"--service-cluster-ip-range", "10.96.0.0/16",
-			"--endpoint-reconciler-type", "none",
-		}
-		for _, p := range c.providers {
-			if p.API == "v1" {
-				args = append(args, "--feature-gates", "KMSv1=true")
-				break
-			}
-		}
-		n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), n.uts(args))
+		c.startAPIServer(t, n)
 	}
 	for _, n := range nodes {
 		c.waitHTTP(t, n.api, n.apiURL()+"/readyz", 2*time.Minute)
 	}
 }
 
-// uts runs argv in a new UTS namespace whose hostname is the node's name.
-func (n *node) uts(argv []string) []string {
-	return append([]string{"unshare", "--uts", "/bin/sh", "-c", `hostname "$0" && exec "$@"`, n.name}, argv...)
+// startAPIServer starts n's API server, with a manifest that says how.
+func (c *Cluster) startAPIServer(t testing.TB, n *node) {
+	t.Helper()
+	args := []string{
+		filepath.Join(c.bin, "kube-apiserver"),
+		"--etcd-servers=" + n.etcdURL(),
+		"--etcd-cafile=/etc/kubernetes/pki/etcd/ca.crt",
+		"--etcd-certfile=/etc/kubernetes/pki/apiserver-etcd-client.crt",
+		"--etcd-keyfile=/etc/kubernetes/pki/apiserver-etcd-client.key",
+		"--encryption-provider-config=" + encryptionConfig,
+		"--bind-address=" + n.ip, "--advertise-address=" + n.ip,
+		"--secure-port=" + fmt.Sprint(n.apiPort),
+		"--tls-cert-file=/etc/kubernetes/pki/apiserver.crt",
+		"--tls-private-key-file=/etc/kubernetes/pki/apiserver.key",
+		"--token-auth-file=/etc/kubernetes/pki/tokens.csv",
+		"--authorization-mode=RBAC",
+		"--service-account-issuer=https://kubernetes.default.svc",
+		"--service-account-key-file=/etc/kubernetes/pki/sa.key",
+		"--service-account-signing-key-file=/etc/kubernetes/pki/sa.key",
+		"--api-audiences=https://kubernetes.default.svc",
+		// Configuration only: nothing is sent to this range.
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--endpoint-reconciler-type=none",
+	}
+	for _, p := range c.providers {
+		if p.API == "v1" {
+			args = append(args, "--feature-gates=KMSv1=true")
+			break
+		}
+	}
+	n.apiServerManifest(t, k8sVersion, args)
+	n.api = start(t, "kube-apiserver "+n.name, n.log("kube-apiserver"), n.ns(nil, args))
 }
 
 // StartControllerManagers starts the kube-controller-managers of nodes and
@@ -336,9 +401,9 @@ func (n *node) uts(argv []string) []string {
 func (c *Cluster) StartControllerManagers(t testing.TB, nodes ...*node) {
 	t.Helper()
 	for _, n := range nodes {
-		n.kcm = start(t, "kube-controller-manager "+n.name, n.log("kube-controller-manager"), n.uts([]string{
+		n.kcm = start(t, "kube-controller-manager "+n.name, n.log("kube-controller-manager"), n.ns(nil, []string{
 			filepath.Join(c.bin, "kube-controller-manager"),
-			"--kubeconfig", n.kubeconfig,
+			"--kubeconfig", "/etc/kubernetes/controller-manager.conf",
 			"--secure-port", "0",
 			"--controllers", "garbage-collector-controller,storage-version-migrator-controller",
 			"--leader-elect-lease-duration", "60s",

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
+	"path"
 	"regexp"
 	"strings"
 	"sync"
@@ -82,6 +82,8 @@ func drill(tt *testing.T, api string) {
 	// API servers.
 	k1 := primary(c.Status(t, n1))
 	c.WantKeys(t, Keys{k1: "primary"})
+	// docs/verify.md's example reads this one.
+	c.Sh(t, "kubectl -n default create secret generic my-secret --from-literal=v=drill")
 	createSecrets(t, l, secrets)
 	objects := c.CreateObjects(t, created)
 	if api == "v2" {
@@ -93,12 +95,21 @@ func drill(tt *testing.T, api string) {
 	// decrypt-only, so that whichever API server writes with it first,
 	// all can read it.
 	l.Phase("rotate")
-	c.Sh(t, "kms status --endpoint unix://"+n1.socket)
-	k2 := c.AddSecondary(t, n1)
+	for _, n := range c.Nodes {
+		c.MustRun(t, n, rotStatus)
+	}
+	if old := c.note(t, "OLD"); old != k1 {
+		t.Fatalf("rotation.md's OLD is %q, want the primary %s", old, k1)
+	}
+	c.MustRun(t, n1, rotAdd)
+	k2 := c.note(t, "NEW")
+	if !regexp.MustCompile(`^kek1-[0-9a-f]{32}$`).MatchString(k2) {
+		t.Fatalf("rotation.md's NEW is %q, want a key_id", k2)
+	}
 	c.distribute(t)
 	c.WantKeys(t, Keys{k1: "primary", k2: "listed"})
 	// Phase 2: the new key primary everywhere.
-	c.Promote(t, n1, k2)
+	c.MustRun(t, n1, rotPromote)
 	c.distribute(t)
 	c.WantKeys(t, Keys{k2: "primary", k1: "listed"})
 	if api == "v1" {
@@ -106,10 +117,10 @@ func drill(tt *testing.T, api string) {
 		// node never writes what another cannot read.
 		l.Phase("v1: provider " + neu.Name + " second")
 		c.SetProviders(t, old, neu)
-		rollingRestart(t, c, l, false)
+		rollingRestart(t, c, l, false, nil)
 		l.Phase("v1: provider " + neu.Name + " first")
 		c.SetProviders(t, neu, old)
-		rollingRestart(t, c, l, false)
+		rollingRestart(t, c, l, false, nil)
 	}
 	// The gate: every API server writes under the new key. Until then a
 	// migration through one that does not would leave objects under the
@@ -119,20 +130,31 @@ func drill(tt *testing.T, api string) {
 	if api == "v1" {
 		gone = old.Name
 	}
-	checkWrites(t, c, neu, k2, health)
+	// KMS v1 values name no key_id: the check of the v1 section reads the
+	// canary in etcd instead.
+	checkWrites(t, c, neu, k2, health, api == "v2")
 	census(t, c, gone, false)
 
 	// Migrate every encrypted resource; etcd then holds nothing under the
 	// old key.
 	l.Phase("migrate")
-	migrate(t, c, "rotate")
+	migrate(t, c)
+	if api == "v2" {
+		// The way before Kubernetes 1.35, once: it must change nothing
+		// the drill checks.
+		c.MustRun(t, n1, rotReplace)
+	}
 	c.WantStored(t, neu, k2, created)
+	if api == "v2" {
+		// A v1 census names the old provider instead (the drill's, below).
+		c.MustRun(t, n1, rotCensus)
+	}
 	census(t, c, gone, true)
 
 	// Retire the old key; restart everything, node by node; all reads back.
 	l.Phase("retire, restart all")
 	// kill -HUP this time, the other way to refresh a node.
-	c.Retire(t, n1, k1)
+	c.MustRun(t, n1, rotRetire)
 	for _, n := range c.Nodes {
 		if n != n1 {
 			c.copyKeyring(t, n)
@@ -143,7 +165,7 @@ func drill(tt *testing.T, api string) {
 	if api == "v1" {
 		c.SetProviders(t, neu)
 	}
-	rollingRestart(t, c, l, true)
+	rollingRestart(t, c, l, true, nil)
 	c.WantKeys(t, Keys{k2: "primary"})
 	readBack(t, clients, l.Want())
 	c.ReadObjects(t, objects)
@@ -155,7 +177,7 @@ func drill(tt *testing.T, api string) {
 	time.Sleep(5 * time.Second) // calls through n2 meanwhile
 	// docs/rotation.md, "Recovering a node that lost its keyring": kms
 	// does not start without it; a copy from a healthy node, and it does.
-	c.Sh(t, "rm "+n2.keyring)
+	c.Sh(t, "rm "+n2.keyring())
 	c.StartKMSFailing(t, n2, "the KEK command failed at start")
 	c.copyKeyring(t, n2)
 	c.StartKMS(t, n2)
@@ -176,6 +198,9 @@ func drill(tt *testing.T, api string) {
 
 	l.Phase("after the faults")
 	time.Sleep(5 * time.Second)
+	for _, n := range c.Nodes {
+		waitHealth(t, c, n, health, true)
+	}
 	readBack(t, clients, l.Want())
 	c.WantStored(t, neu, k2, created)
 	c.WantKeys(t, Keys{k2: "primary"})
@@ -189,6 +214,9 @@ func drill(tt *testing.T, api string) {
 			t.Errorf("%s exited (%v):\n%s", n.kcm.name, n.kcm.cmd.ProcessState, tail(n.kcm.log, 20))
 		}
 	}
+	c.ran.check(t, api)
+	// The census of the whole store, every resource, for the record.
+	t.Logf("census of the drill's etcd:\n%s", c.Sh(t, `kek-census --endpoints "$ETCDCTL_ENDPOINTS" --cacert "$ETCDCTL_CACERT" --cert "$ETCDCTL_CERT" --key "$ETCDCTL_KEY"`))
 	checkFailures(t, l.Stop())
 	if total := time.Since(began); total > 10*time.Minute {
 		t.Errorf("the drill took %v, more than 10 minutes", total.Round(time.Second))
@@ -208,23 +236,23 @@ func kubeletRestart(t testing.TB, c *Cluster, n *node) {
 	c.StartControllerManagers(t, n)
 }
 
-// encryptionOn turns encryption on with provider p, as docs/airgap.md
-// says: p second everywhere, so that every API server reads what p writes,
-// then first everywhere, each in a rolling restart; the check that each
-// writes under p and key id, the migration of what was stored before, and
-// the census: no plaintext left.
+// encryptionOn turns encryption on with provider p (v2, named kms), as
+// docs/airgap.md says, with its blocks: p second everywhere, so that every
+// API server reads what p writes, then first everywhere, each in a rolling
+// restart; the check that each writes under p and key id, the migration
+// of what was stored before, and the census: no plaintext left.
 func encryptionOn(t testing.TB, c *Cluster, l *Load, p Provider, id, health string) {
 	t.Helper()
 	l.Phase("encryption on: kms second")
-	c.SetProviders(t, Identity, p)
-	rollingRestart(t, c, l, false)
+	rollingRestart(t, c, l, false, func(n *node) { c.MustRun(t, n, encRound1) })
 	l.Phase("encryption on: kms first")
-	c.SetProviders(t, p)
-	rollingRestart(t, c, l, false)
+	rollingRestart(t, c, l, false, func(n *node) { c.MustRun(t, n, encRound2) })
+	c.providers = []Provider{p}
 	l.Phase("encryption on: check, migrate")
-	checkWrites(t, c, p, id, health)
+	checkWrites(t, c, p, id, health, false)
 	census(t, c, "identity", false)
-	migrate(t, c, "encrypt")
+	migrate(t, c)
+	c.MustRun(t, c.Nodes[0], encCensus)
 	census(t, c, "identity", true)
 }
 
@@ -237,48 +265,38 @@ func migrateToV2(t testing.TB, c *Cluster, l *Load, v1 Provider, id string) {
 	v2 := Provider{"v2", "kms"}
 	l.Phase("v1 to v2: v2 provider second")
 	c.SetProviders(t, v1, v2)
-	rollingRestart(t, c, l, false)
+	rollingRestart(t, c, l, false, nil)
 	l.Phase("v1 to v2: v2 provider first")
 	c.SetProviders(t, v2, v1)
-	rollingRestart(t, c, l, false)
+	rollingRestart(t, c, l, false, nil)
 	// With a v1 provider configured each has its own check
 	// (kms-provider-N): /readyz runs them all.
-	checkWrites(t, c, v2, id, "/readyz")
+	checkWrites(t, c, v2, id, "/readyz", false)
 	l.Phase("v1 to v2: migrate")
-	migrate(t, c, "to-v2")
+	migrate(t, c)
 	c.WantStored(t, v2, id, created)
 	census(t, c, v1.Name, true)
 	l.Phase("v1 to v2: v2 alone")
 	c.SetProviders(t, v2)
-	rollingRestart(t, c, l, false)
+	rollingRestart(t, c, l, false, nil)
 	waitHealth(t, c, c.Nodes[0], "/readyz/kms-providers", true)
 	readBack(t, c.Clients(t), l.Want())
 	c.WantStored(t, v2, id, created)
 }
 
 // migrate rewrites every object of every encrypted resource under the
-// key and provider the API servers now write with, as docs/rotation.md
-// says: a StorageVersionMigration per resource, which the leading
-// kube-controller-manager runs through its API server, each then
-// Succeeded. Migrations run once: name tells them from earlier ones.
-func migrate(t testing.TB, c *Cluster, name string) {
+// key and provider the API servers now write with, with step 4 of
+// docs/rotation.md: a StorageVersionMigration per resource the
+// EncryptionConfiguration lists, which the leading kube-controller-manager
+// runs through its API server, each then Succeeded.
+func migrate(t testing.TB, c *Cluster) {
 	t.Helper()
-	var b strings.Builder
-	var svms []string
-	for _, r := range Resources {
-		svm := name + "-" + r.String()
-		fmt.Fprintf(&b, "---\napiVersion: storagemigration.k8s.io/v1\nkind: StorageVersionMigration\nmetadata:\n  name: %s\nspec:\n  resource:\n    group: %q\n    resource: %s\n", svm, r.Group, r.Resource)
-		svms = append(svms, "storageversionmigration/"+svm)
-	}
-	f := filepath.Join(c.Dir, name+"-migrations.yaml")
-	writeFile(t, f, []byte(b.String()))
 	began := time.Now()
-	c.Sh(t, "kubectl create -f "+f)
-	if _, _, code := c.ShCode(t, "kubectl wait --for=condition=Succeeded --timeout=5m "+strings.Join(svms, " ")); code != 0 {
+	if _, _, code := c.Run(t, c.Nodes[0], rotMigrate); code != 0 {
 		c.ShCode(t, "kubectl get storageversionmigrations -o yaml")
-		t.Fatalf("storage version migrations %s did not all succeed", name)
+		t.Fatalf("storage version migrations did not all succeed")
 	}
-	t.Logf("migrations %s succeeded in %v", name, time.Since(began).Round(time.Second))
+	t.Logf("migrations succeeded in %v", time.Since(began).Round(time.Second))
 }
 
 // census runs kek-census --require-none gone over the encrypted resources
@@ -286,7 +304,7 @@ func migrate(t testing.TB, c *Cluster, name string) {
 // (exit 0) when clean, and otherwise fail naming objects.
 func census(t testing.TB, c *Cluster, gone string, clean bool) {
 	t.Helper()
-	cmd := `kek-census --endpoints "$ETCDCTL_ENDPOINTS"`
+	cmd := `kek-census --endpoints "$ETCDCTL_ENDPOINTS" --cacert "$ETCDCTL_CACERT" --cert "$ETCDCTL_CERT" --key "$ETCDCTL_KEY"`
 	for _, r := range Resources {
 		cmd += " --resource " + strings.TrimPrefix(r.Group+"/"+r.Resource, "/")
 	}
@@ -327,12 +345,16 @@ func createSecrets(t testing.TB, l *Load, n int) {
 
 // rollingRestart restarts each node's API server and controller manager
 // (and, when all, its kms and etcd member too), one node at a time, drained from the load
-// meanwhile as a load balancer does. The other two etcd members keep the
+// meanwhile as a load balancer does; change (if any) changes the node
+// first, as a page's step does on it. The other two etcd members keep the
 // quorum. After each restart, every node must read what the restarted one
 // writes: mid-way, the others still run the configuration it left.
-func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool) {
+func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool, change func(*node)) {
 	t.Helper()
 	for i, n := range c.Nodes {
+		if change != nil {
+			change(n)
+		}
 		l.Drain(i)
 		c.StopControllerManager(t, n)
 		c.StopAPIServer(t, n)
@@ -370,16 +392,17 @@ func crossRead(t testing.TB, clients []kubernetes.Interface, w int) {
 }
 
 // checkWrites checks that each API server writes under provider p and key
-// id, as step 3 of docs/rotation.md does: it writes a canary Secret through
-// each with kubectl and reads it back from etcd with etcdctl; for KMS v2
-// the page's own pipeline must find id's hash in the newest to_storage
-// line of the API server's key_id metrics too. A KMS v2 API server takes up
-// a new key_id at its next Status call, at most a minute after the last
-// (sooner when a /readyz probe, which the check sends, comes more than
-// 20 s after the last); upstream bounds the change at 3 minutes (after
-// which an API server that could not see the new key_id fails writes
-// instead), so the check gives up after 3 minutes.
-func checkWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
+// id: with page, as step 3 of docs/rotation.md does (its block on each
+// node, until it exits 0: the newest to_storage line of the API server's
+// key_id metrics names id after a canary write); otherwise the drill
+// writes the canary with kubectl. Either way the canary read back from
+// etcd must be stored under p and id. A KMS v2 API server takes up a new
+// key_id at its next Status call, at most a minute after the last (sooner
+// when a /readyz probe, which the check sends, comes more than 20 s after
+// the last); upstream bounds the change at 3 minutes (after which an API
+// server that could not see the new key_id fails writes instead), so the
+// check gives up after 3 minutes.
+func checkWrites(t testing.TB, c *Cluster, p Provider, id, health string, page bool) {
 	t.Helper()
 	want := p.API + ":" + p.Name + ":" + id
 	deadline := time.Now().Add(3 * time.Minute)
@@ -393,18 +416,21 @@ func checkWrites(t testing.TB, c *Cluster, p Provider, id, health string) {
 				continue
 			}
 			c.Get(n.apiURL() + health)
-			canary := "kms-canary-" + n.name
-			k := "kubectl --context " + n.name
-			c.Sh(t, fmt.Sprintf("%s -n kube-system delete secret %s --ignore-not-found && %s -n kube-system create secret generic %s --from-literal=at=%d",
-				k, canary, k, canary, time.Now().UnixNano()))
-			if c.StoredKey(t, "/registry/secrets/kube-system/"+canary) != want {
-				continue
-			}
-			if p.API == "v2" {
-				c.Sh(t, "NEW="+id+"; "+k+` get --raw /metrics |
-  grep '^apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds{.*transformation_type="to_storage"' |
-  sort -g -k2 | tail -1 |
-  grep -F "key_id_hash=\"sha256:$(printf %s "$NEW" | sha256sum | cut -d' ' -f1)\""`)
+			canary := "/registry/secrets/kube-system/kms-canary-" + n.name
+			if page {
+				if _, _, code := c.Run(t, n, rotCheck); code != 0 {
+					continue
+				}
+				if got := c.StoredKey(t, canary); got != want {
+					t.Fatalf("%s: rotation.md's check passed, but its canary is stored under %s, not %s", n.name, got, want)
+				}
+			} else {
+				k := "kubectl --context " + n.name
+				c.Sh(t, fmt.Sprintf("%s -n kube-system delete secret %s --ignore-not-found && %s -n kube-system create secret generic %s --from-literal=at=%d",
+					k, path.Base(canary), k, path.Base(canary), time.Now().UnixNano()))
+				if c.StoredKey(t, canary) != want {
+					continue
+				}
 			}
 			delete(pending, n)
 		}
@@ -432,12 +458,14 @@ func waitHealth(t testing.TB, c *Cluster, n *node, path string, ok bool) {
 		}
 		time.Sleep(time.Second)
 	}
-	// What an operator sees (docs/verify.md).
-	if _, _, code := c.ShCode(t, fmt.Sprintf("kubectl --context %s get --raw '%s'", n.name, path)); (code == 0) != ok {
+	// What an operator sees (docs/verify.md): its block where it names
+	// the check.
+	if path == "/readyz/kms-providers" {
+		if _, _, code := c.Run(t, n, verReadyz); (code == 0) != ok {
+			t.Fatalf("%s: verify.md's health check block exited %d, want success %v", n.name, code, ok)
+		}
+	} else if _, _, code := c.ShCode(t, fmt.Sprintf("kubectl --context %s get --raw '%s'", n.name, path)); (code == 0) != ok {
 		t.Fatalf("kubectl get --raw %s exit %d, want success %v", path, code, ok)
-	}
-	if !ok {
-		c.ShCode(t, fmt.Sprintf("kubectl --context %s get --raw '/readyz?verbose' 2>&1 | grep -o '\\[[+-]\\]kms[^\\]*'", n.name))
 	}
 	for _, m := range c.Nodes {
 		if m == n {

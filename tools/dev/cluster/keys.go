@@ -4,55 +4,23 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
-	"regexp"
 	"testing"
 	"time"
 )
 
-// The operator's key commands (docs/rotation.md), run as an operator runs
-// them: kek-gen on a node's keyring file, kms refresh or kill -HUP to make
-// its daemon read it now, kms status to see what the daemon holds.
-
-// AddSecondary adds a new random key, decrypt-only, to n's keyring and
-// returns its key_id.
-func (c *Cluster) AddSecondary(t testing.TB, n *node) string {
-	t.Helper()
-	out := c.Sh(t, "kek-gen --add-secondary "+n.keyring)
-	m := regexp.MustCompile(`added key_id (kek1-[0-9a-f]{32}) \(decrypt only\)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("kek-gen --add-secondary printed no key_id: %q", out)
-	}
-	return m[1]
-}
-
-// Promote makes id the primary key of n's keyring.
-func (c *Cluster) Promote(t testing.TB, n *node, id string) {
-	t.Helper()
-	c.Sh(t, fmt.Sprintf("kek-gen --promote %s %s", id, n.keyring))
-}
-
-// Retire removes id from n's keyring.
-func (c *Cluster) Retire(t testing.TB, n *node, id string) {
-	t.Helper()
-	c.Sh(t, fmt.Sprintf("kek-gen --retire %s %s", id, n.keyring))
-}
+// Keyrings to every node, each daemon made to read its own (the page's
+// kms refresh, or kill -HUP), and what each then holds (kms status).
 
 // distribute copies the first node's keyring to the others and has every
-// daemon read it, as step 1 of docs/rotation.md says.
+// daemon read it, as steps 1 and 2 of docs/rotation.md say.
 func (c *Cluster) distribute(t testing.TB) {
 	t.Helper()
 	for _, n := range c.Nodes {
 		if n != c.Nodes[0] {
 			c.copyKeyring(t, n)
 		}
-		c.Refresh(t, n)
+		c.MustRun(t, n, rotRefresh)
 	}
-}
-
-// Refresh makes n's kms run its command now and waits for that run.
-func (c *Cluster) Refresh(t testing.TB, n *node) {
-	t.Helper()
-	c.Sh(t, "kms refresh --endpoint unix://"+n.socket)
 }
 
 // HUP sends SIGHUP to n's kms, which then runs its command (without
@@ -70,7 +38,7 @@ type Keys map[string]string
 // fails the test unless the daemon answers and serves.
 func (c *Cluster) Status(t testing.TB, n *node) Keys {
 	t.Helper()
-	out := c.Sh(t, "kms status --output json --endpoint unix://"+n.socket)
+	out := c.NodeSh(t, n, "kms status --output json")
 	var s struct {
 		Serving bool
 		Primary string

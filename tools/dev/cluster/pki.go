@@ -18,19 +18,19 @@ import (
 	"time"
 )
 
-// pki is the cluster's credentials: a CA that signs each API server's
-// serving certificate, the service-account signing key, and the admin's
-// bearer token (group system:masters, through --token-auth-file).
+// pki is the cluster's credentials: a CA that signs the API servers' and
+// etcd members' certificates and etcd's client certificates, the
+// service-account signing key, and the admin's bearer token (group
+// system:masters, through --token-auth-file).
 type pki struct {
-	caPEM  []byte
-	ca     *x509.Certificate
-	caKey  *ecdsa.PrivateKey
-	token  string
-	saKey  string // file: PEM RSA key, for --service-account-(signing-)key-file
-	tokens string // file: --token-auth-file
+	caPEM []byte
+	ca    *x509.Certificate
+	caKey *ecdsa.PrivateKey
+	token string
+	saKey []byte // PEM RSA key, for --service-account-(signing-)key-file
 }
 
-func newPKI(t testing.TB, dir string) *pki {
+func newPKI(t testing.TB) *pki {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -50,25 +50,42 @@ func newPKI(t testing.TB, dir string) *pki {
 		t.Fatal(err)
 	}
 	ca, _ := x509.ParseCertificate(der)
-	p := &pki{
-		caPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		ca:     ca,
-		caKey:  key,
-		token:  randomHex(16),
-		saKey:  dir + "/sa.key",
-		tokens: dir + "/tokens.csv",
-	}
 	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, p.saKey, pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}))
-	writeFile(t, p.tokens, []byte(p.token+`,admin,admin,"system:masters"`+"\n"))
-	return p
+	return &pki{
+		caPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		ca:    ca,
+		caKey: key,
+		token: randomHex(16),
+		saKey: pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}),
+	}
 }
 
-// serving writes a certificate for ip, signed by the CA, and its key.
-func (p *pki) serving(t testing.TB, ip, certFile, keyFile string) {
+// node writes n's credentials where kubeadm keeps them: the CA (the
+// cluster's and etcd's, one CA here), the API server's serving certificate
+// and etcd client certificate, the etcd member's serving certificate (for
+// the node's address and 127.0.0.1), the health check client certificate
+// the pages' kek-census and etcdctl use, the service-account key and the
+// admin's token.
+func (p *pki) node(t testing.TB, n *node) {
+	t.Helper()
+	dir := n.path("/etc/kubernetes/pki")
+	server, client := x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth
+	writeFile(t, dir+"/ca.crt", p.caPEM)
+	writeFile(t, dir+"/etcd/ca.crt", p.caPEM)
+	p.cert(t, "kube-apiserver "+n.name, []string{n.ip}, server, dir+"/apiserver")
+	p.cert(t, "kube-apiserver-etcd-client", nil, client, dir+"/apiserver-etcd-client")
+	p.cert(t, n.name, []string{n.ip, "127.0.0.1"}, server, dir+"/etcd/server")
+	p.cert(t, "kube-etcd-healthcheck-client", nil, client, dir+"/etcd/healthcheck-client")
+	writeFile(t, dir+"/sa.key", p.saKey)
+	writeFile(t, dir+"/tokens.csv", []byte(p.token+`,admin,admin,"system:masters"`+"\n"))
+}
+
+// cert writes base.crt, a certificate for cn (and ips) with usage, signed
+// by the CA, and its key base.key.
+func (p *pki) cert(t testing.TB, cn string, ips []string, usage x509.ExtKeyUsage, base string) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -76,12 +93,14 @@ func (p *pki) serving(t testing.TB, ip, certFile, keyFile string) {
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "kube-apiserver " + ip},
+		Subject:      pkix.Name{CommonName: cn},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.ParseIP(ip)},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
+	}
+	for _, ip := range ips {
+		tmpl.IPAddresses = append(tmpl.IPAddresses, net.ParseIP(ip))
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.ca, &key.PublicKey, p.caKey)
 	if err != nil {
@@ -91,8 +110,8 @@ func (p *pki) serving(t testing.TB, ip, certFile, keyFile string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
+	writeFile(t, base+".crt", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	writeFile(t, base+".key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}))
 }
 
 // kubeconfig writes a kubeconfig with one context per API server, named

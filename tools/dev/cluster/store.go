@@ -15,7 +15,7 @@ import (
 )
 
 // Stored reads every value of every encrypted resource as etcd holds it,
-// with etcdctl, and returns where each is stored, by etcd key:
+// with etcdctl from the host, and returns where each is stored, by etcd key:
 // "v2:<provider>:<key_id>" or "v1:<provider>:<key_id>" (for v1 the key_id
 // is the one in the header of kms's ciphertext of the DEK). A value that is
 // not KMS-encrypted fails the test.
@@ -111,25 +111,25 @@ func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min map[GroupR
 	}
 	secrets := per[GroupResource{"", "secrets"}]
 
-	// The start of one value, and a census of the key_ids of KMS v2 values
-	// (v1 values carry their key id in binary: count their provider
-	// prefixes instead).
-	od := c.Sh(t, "etcdctl get /registry/secrets/drill/drill-0000 --print-value-only | head -c 64 | od -c | head -3")
-	if got := odText(od); !strings.HasPrefix(got, p.prefix()) {
+	// What an operator sees with docs/verify.md's blocks: the start of one
+	// value, its key_id, and a count of the key_ids of KMS v2 values (v1
+	// values carry their key id in binary: their provider prefixes
+	// instead), and kek-census.
+	n1 := c.Nodes[0]
+	c.MustRun(t, n1, verEnv)
+	if got := odText(c.MustRun(t, n1, verOd)); !strings.HasPrefix(got, p.prefix()) {
 		t.Fatalf("od -c of a stored value shows %q, want %s…", got, p.prefix())
 	}
-	grep, census := `grep -ao 'kek1-[0-9a-f]\{32\}'`, id
+	count, census := verKeyIDs, id
 	if p.API == "v2" {
-		if got := strings.TrimSpace(c.Sh(t, "etcdctl get /registry/secrets/drill/drill-0000 --print-value-only | "+grep)); got != id {
+		if got := strings.TrimSpace(c.MustRun(t, n1, verKeyID)); got != id {
 			t.Fatalf("etcdctl and grep show key_id %q for a value, want %s", got, id)
 		}
+	} else {
+		count, census = verV1Names, p.prefix()
 	}
-	if p.API == "v1" {
-		grep, census = `grep -ao '^k8s:enc:kms:v1:[a-z0-9-]*:'`, p.prefix()
-	}
-	out := c.Sh(t, "etcdctl get /registry/secrets/ --prefix --print-value-only | "+grep+" | sort | uniq -c")
 	got := map[string]int{}
-	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+	for _, l := range strings.Split(strings.TrimSpace(c.MustRun(t, n1, count)), "\n") {
 		if f := strings.Fields(l); len(f) == 2 {
 			got[f[1]], _ = strconv.Atoi(f[0])
 		}
@@ -137,6 +137,9 @@ func (c *Cluster) WantStored(t testing.TB, p Provider, id string, min map[GroupR
 	// A value written between the two reads is counted by the second only.
 	if len(got) != 1 || got[census] < secrets {
 		t.Fatalf("census of the Secrets by etcdctl and grep: %v; want only %s, at least %d", got, census, secrets)
+	}
+	if out := c.MustRun(t, n1, verCensus); !strings.Contains(out, p.Name) {
+		t.Fatalf("kek-census does not name provider %s:\n%s", p.Name, out)
 	}
 }
 
