@@ -320,7 +320,9 @@ func TestSlowRefreshDoesNotBlockReaders(t *testing.T) {
 	wait, open := gate(t)
 	first := testbin.NewKey()
 	testbin.WriteKeyring(t, path, first)
-	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then read x < %s; fi; cat %s", slow, wait, path)})
+	// The slow run waits at the gate while the readers count: no command
+	// timeout may end it first (2 s did, under -race on a starved machine).
+	s, _ := start(t, Config{Command: fmt.Sprintf("if [ -e %s ]; then read x < %s; fi; cat %s", slow, wait, path), CommandTimeout: time.Minute})
 	for range maxRetired {
 		k := testbin.NewKey()
 		testbin.WriteKeyring(t, path, k)

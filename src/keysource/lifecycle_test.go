@@ -30,7 +30,10 @@ func (r *recorder) runs() int {
 }
 
 // gate is a named pipe a command blocks on (`read x < gate`) until the
-// test opens it.
+// test opens it. Opening waits for the command to be there, but not for
+// ever: a command that is gone (its run timed out) would leave a blocking
+// open hanging until the test binary's timeout (seen, under -race on a
+// starved machine).
 func gate(t *testing.T) (path string, open func()) {
 	t.Helper()
 	path = filepath.Join(t.TempDir(), "gate")
@@ -38,10 +41,14 @@ func gate(t *testing.T) (path string, open func()) {
 		t.Fatal(err)
 	}
 	return path, func() {
-		f, err := os.OpenFile(path, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
+		t.Helper()
+		var f *os.File
+		testbin.WaitFor(t, "a command waiting at the gate", 15*time.Second, func() bool {
+			var err error
+			// Without a reader, a non-blocking open for writing fails (ENXIO).
+			f, err = os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0)
+			return err == nil
+		})
 		f.Close()
 	}
 }
@@ -63,8 +70,9 @@ func TestRefreshDuringARunRunsAgain(t *testing.T) {
 	a, b := testbin.NewKey(), testbin.NewKey()
 	testbin.WriteKeyring(t, path, a)
 	// Each run reads the keyring and counts itself, then the slow one
-	// waits at the gate.
-	s, logs := start(t, Config{Command: fmt.Sprintf(`k=$(cat %s); echo >> %s; if [ -e %s ]; then read x < %s; fi; printf '%%s\n' "$k"`, path, runs, slow, wait)})
+	// waits at the gate, for as long as the test takes to get there: no
+	// command timeout may end it first.
+	s, logs := start(t, Config{Command: fmt.Sprintf(`k=$(cat %s); echo >> %s; if [ -e %s ]; then read x < %s; fi; printf '%%s\n' "$k"`, path, runs, slow, wait), CommandTimeout: time.Minute})
 	os.WriteFile(slow, nil, 0o600)
 	s.Refresh()
 	waitFor(t, "the slow run to begin", func() bool { return lines(runs) == 2 })
