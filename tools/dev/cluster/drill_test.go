@@ -3,6 +3,7 @@ package cluster
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path"
 	"regexp"
@@ -90,6 +91,9 @@ func drill(tt *testing.T, api string) {
 		encryptionOn(t, c, l, old, k1, health)
 	}
 	c.WantStored(t, old, k1, created)
+	if api == "v1" {
+		from2018(t, c, l, old, k1)
+	}
 
 	// Rotation, phase 1 (docs/rotation.md): the new key on every node,
 	// decrypt-only, so that whichever API server writes with it first,
@@ -256,6 +260,49 @@ func encryptionOn(t testing.TB, c *Cluster, l *Load, p Provider, id, health stri
 	census(t, c, "identity", true)
 }
 
+// from2018 follows docs/rotation.md's "From the 2018 daemon" on the KMS v1
+// cluster of provider p, whose one key is k1: round 1 puts each node's kms
+// in --mode legacy, round 2 back to aesgcm, each with the page's blocks,
+// one node at a time; the kubelet's part, restarting kms when its manifest
+// changes, the drill does with the node out of the load. After each
+// restart the node's writes are stored in its mode's format, and every
+// node reads them: mid-round the nodes run both modes. Then the rollback
+// the page gives from round 2, n2 back to legacy, and forward again. The
+// drill runs no 2018 daemon: that it reads what legacy mode writes is
+// src/cmd/kms's TestLegacyModeRounds, with a decoder of the 2018 format
+// alone.
+func from2018(t testing.TB, c *Cluster, l *Load, p Provider, k1 string) {
+	t.Helper()
+	legacy, aesgcm := p.API+":"+p.Name+":2018", p.API+":"+p.Name+":"+k1
+	restart := func(i int, block BlockRef, stored string) {
+		n := c.Nodes[i]
+		c.MustRun(t, n, block)
+		l.Drain(i)
+		c.StopKMS(t, n)
+		c.StartKMS(t, n)
+		l.Undrain(i)
+		crossRead(t, c, l.clients, i, stored)
+	}
+	l.Phase("from 2018: round 1, --mode legacy")
+	for i, n := range c.Nodes {
+		restart(i, legacyRound1, legacy)
+		// "It must list one key, primary": the key the 2018 daemon had.
+		if out := c.MustRun(t, n, legacyStatus); !strings.Contains(out, k1) {
+			t.Fatalf("%s: kms status does not list %s:\n%s", n.name, k1, out)
+		}
+		if got := c.Status(t, n); !maps.Equal(got, Keys{k1: "primary"}) {
+			t.Fatalf("%s: kms holds %v in round 1, want only %s, primary", n.name, got, k1)
+		}
+	}
+	l.Phase("from 2018: round 2, aesgcm")
+	for i := range c.Nodes {
+		restart(i, legacyRound2, aesgcm)
+	}
+	l.Phase("from 2018: rollback of n2 to legacy, and forward")
+	restart(1, legacyRound1, legacy)
+	restart(1, legacyRound2, aesgcm)
+}
+
 // migrateToV2 moves every Secret from the KMS v1 provider v1 to a KMS v2
 // provider, as docs/rotation.md ("From KMS v1 to KMS v2") says: the v2
 // provider second, then first, each in a rolling restart; the migration;
@@ -367,19 +414,22 @@ func rollingRestart(t testing.TB, c *Cluster, l *Load, all bool, change func(*no
 		c.StartAPIServer(t, n)
 		c.StartControllerManagers(t, n)
 		l.Undrain(i)
-		crossRead(t, l.clients, i)
+		crossRead(t, c, l.clients, i, "")
 	}
 }
 
 // crossRead writes a Secret through node w and reads it through every
-// node.
-func crossRead(t testing.TB, clients []kubernetes.Interface, w int) {
+// node; with stored, etcd must hold it there (see Stored).
+func crossRead(t testing.TB, c *Cluster, clients []kubernetes.Interface, w int, stored string) {
 	t.Helper()
 	ctx := context.Background()
 	name := fmt.Sprintf("cross-read-n%d", w+1)
 	sc := clients[w].CoreV1().Secrets("drill")
 	if _, err := sc.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string][]byte{"v": []byte(name)}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("n%d, restarted: write: %s", w+1, describe(err))
+	}
+	if got := c.StoredKey(t, "/registry/secrets/drill/"+name); stored != "" && got != stored {
+		t.Fatalf("n%d writes under %s, want %s", w+1, got, stored)
 	}
 	for r, k := range clients {
 		if _, err := k.CoreV1().Secrets("drill").Get(ctx, name, metav1.GetOptions{}); err != nil {

@@ -17,7 +17,8 @@ import (
 // Stored reads every value of every encrypted resource as etcd holds it,
 // with etcdctl from the host, and returns where each is stored, by etcd key:
 // "v2:<provider>:<key_id>" or "v1:<provider>:<key_id>" (for v1 the key_id
-// is the one in the header of kms's ciphertext of the DEK). A value that is
+// is the one in the header of kms's ciphertext of the DEK, or "2018" for
+// the 2018 format, which names none). A value that is
 // not KMS-encrypted fails the test.
 func (c *Cluster) Stored(t testing.TB) map[string]string {
 	t.Helper()
@@ -71,11 +72,15 @@ func whereStored(v []byte) (string, error) {
 		return "v2:" + string(name) + ":" + eo.KeyID, nil
 	case "v1":
 		// The length of the encrypted DEK (2 bytes), then kms's ciphertext
-		// of it: ":ck:v2:aesgcm:" (or aescbc), the key's 16-byte id, ...
+		// of it: ":ck:v2:aesgcm:" (or aescbc), the key's 16-byte id, ...;
+		// or the 2018 format, which names no key.
 		if len(rest) < 2 {
 			return "", fmt.Errorf("v1: truncated")
 		}
 		dek := rest[2:min(len(rest), 2+int(binary.BigEndian.Uint16(rest)))]
+		if bytes.HasPrefix(dek, []byte(":ck:aescbc:v1:")) {
+			return "v1:" + string(name) + ":2018", nil
+		}
 		if len(dek) < 30 || !bytes.HasPrefix(dek, []byte(":ck:v2:")) {
 			return "", fmt.Errorf("v1: DEK not in kms's format: %.14q", dek)
 		}
